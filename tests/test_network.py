@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from verispec.errors import UnsupportedLayerError
+from verispec.layers import GroupSort, MinMax, Normalize
+from verispec.network import Network
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        Normalize(torch.tensor([0.5]), torch.tensor([0.25])),
+        nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), MinMax()),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 8),
+        GroupSort(4),
+        nn.Dropout(0.5),
+        nn.Linear(8, 3),
+        nn.ReLU(),
+        nn.Linear(3, 3),
+    ).eval()
+
+
+def test_from_torch_matches_torch_in_float32_and_float64():
+    model = _model()
+    net = Network.from_torch(model, (1, 8, 8))
+    assert [layer.kind for layer in net.layers] == [
+        "normalize", "conv2d", "groupsort", "avgpool2d", "flatten", "dense", "groupsort", "dense",
+        "relu", "dense",
+    ]
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.allclose(net.module(torch.float32)(x), ref, atol=1e-6)
+    assert np.allclose(net.forward64(x.double().numpy()), ref.numpy(), atol=1e-5)
+    assert net.num_classes == 3 and net.shapes[2] == (4, 4, 4)
+
+
+def test_groupsort_sorts_within_groups():
+    out = GroupSort(2)(torch.tensor([[3.0, 1.0, -1.0, 2.0]]))
+    assert out.tolist() == [[1.0, 3.0, -1.0, 2.0]]
+
+
+@pytest.mark.parametrize(
+    "module, fragment",
+    [
+        (nn.Sequential(nn.Flatten(), nn.Tanh()), "layer 1 (Tanh"),
+        (nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2))), "dilation"),
+        (nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), "groups 2"),
+        (nn.Sequential(nn.MaxPool2d(2)), "MaxPool2d"),
+    ],
+)
+def test_unsupported_layers_are_named(module, fragment):
+    with pytest.raises(UnsupportedLayerError) as err:
+        Network.from_torch(module, (1, 8, 8))
+    assert fragment in str(err.value)
+    assert "Supported:" in str(err.value)
+
+
+def test_output_must_be_logits_vector():
+    with pytest.raises(UnsupportedLayerError, match="vector of logits"):
+        Network.from_torch(nn.Sequential(nn.Conv2d(1, 2, 3)), (1, 8, 8))
+
+
+def test_fingerprint_changes_with_weights():
+    model = _model()
+    a = Network.from_torch(model, (1, 8, 8)).fingerprint()
+    with torch.no_grad():
+        model[-1].weight[0, 0] += 1e-3
+    assert Network.from_torch(model, (1, 8, 8)).fingerprint() != a

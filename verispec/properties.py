@@ -1,0 +1,133 @@
+"""Properties: a region of inputs and a predicate every output in it must satisfy.
+
+A predicate is a disjunction (``Predicate.clauses``) of conjunctions (``Clause``) of strict
+linear inequalities over the logits y (m,): clause k holds iff ``C_k @ y + d_k > 0``
+componentwise. That is exactly what VNN-LIB can state. The empty disjunction is false.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+
+from verispec.errors import SpecError
+from verispec.regions import FloatArray, Region, frozen_array
+
+
+@attrs.frozen(eq=False)
+class Clause:
+    """A conjunction of atoms ``C @ y + d > 0``; ``C`` is (k, m), ``d`` is (k,)."""
+
+    C: FloatArray = attrs.field(converter=frozen_array)
+    d: FloatArray = attrs.field(converter=frozen_array)
+
+    def __attrs_post_init__(self) -> None:
+        if self.C.ndim != 2 or self.d.shape != (self.C.shape[0],):
+            raise SpecError(f"Clause: C must be (k, m) and d (k,), got {self.C.shape}, {self.d.shape}")
+        if not (np.all(np.isfinite(self.C)) and np.all(np.isfinite(self.d))):
+            raise SpecError("Clause: coefficients must be finite")
+
+    @classmethod
+    def orderings(cls, pairs: Sequence[tuple[int, int]], num_classes: int) -> Clause:
+        """The conjunction of ``y_a > y_b`` for each (a, b) in ``pairs``."""
+        C = np.zeros((len(pairs), num_classes))
+        for row, (a, b) in enumerate(pairs):
+            for cls_index in (a, b):
+                if not 0 <= cls_index < num_classes:
+                    raise SpecError(f"class index {cls_index} out of range [0, {num_classes})")
+            if a == b:
+                raise SpecError(f"ordering y{a} > y{b} compares a class with itself")
+            C[row, a], C[row, b] = 1.0, -1.0
+        return cls(C, np.zeros(len(pairs)))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.C.shape[1])
+
+    def values(self, y: FloatArray) -> FloatArray:
+        """Atom values for logits ``y`` (n, m) -> (n, k)."""
+        return y @ self.C.T + self.d
+
+
+@attrs.frozen(eq=False)
+class Predicate:
+    """A disjunction of clauses over the logits."""
+
+    clauses: tuple[Clause, ...] = attrs.field(converter=tuple)
+
+    def __attrs_post_init__(self) -> None:
+        sizes = {c.num_classes for c in self.clauses}
+        if len(sizes) > 1:
+            raise SpecError(f"Predicate: clauses over different numbers of classes {sorted(sizes)}")
+
+    def slack(self, y: FloatArray) -> FloatArray:
+        """max over clauses of min over atoms, for logits ``y`` (n, m) -> (n,).
+
+        The predicate holds at a row iff its slack is > 0; -inf for the empty disjunction.
+        """
+        y = np.atleast_2d(np.asarray(y, dtype=np.float64))
+        out = np.full(y.shape[0], -np.inf)
+        for clause in self.clauses:
+            vals = clause.values(y)
+            per = vals.min(axis=1) if vals.shape[1] else np.full(y.shape[0], np.inf)
+            out = np.maximum(out, per)
+        return out
+
+    def holds(self, y: FloatArray) -> np.ndarray:
+        """Boolean (n,): whether the predicate holds for each row of ``y`` (n, m)."""
+        return self.slack(y) > 0
+
+    def or_(self, other: Predicate) -> Predicate:
+        """The disjunction of two predicates."""
+        return Predicate(self.clauses + other.clauses)
+
+
+def argmax_in(classes: Sequence[int], num_classes: int) -> Predicate:
+    """F(y) in ``classes``, strictly: some class in the set beats every class outside it.
+
+    A tie between a class inside and one outside does not satisfy it (no tie is certified).
+    """
+    inside = sorted(set(classes))
+    outside = [j for j in range(num_classes) if j not in inside]
+    if not outside:
+        return Predicate((Clause(np.zeros((0, num_classes)), np.zeros(0)),))
+    return Predicate(
+        tuple(Clause.orderings([(c, j) for j in outside], num_classes) for c in inside)
+    )
+
+
+def argmax_outside(classes: Sequence[int], num_classes: int) -> Predicate:
+    """Some class outside ``classes`` strictly beats every class in it."""
+    outside = [j for j in range(num_classes) if j not in set(classes)]
+    return argmax_in(outside, num_classes) if classes else Predicate(())
+
+
+@attrs.frozen(eq=False)
+class Property:
+    """For every x in ``region``: ``predicate`` holds at f(x)."""
+
+    region: Region
+    predicate: Predicate
+
+    def is_counterexample(self, x: FloatArray, y: FloatArray) -> bool:
+        """Whether ``x`` (input shape) lies in the region and its float64 logits ``y`` (m,) violate
+        the predicate. ``y`` must come from a float64 forward pass of ``x``."""
+        return self.region.contains(x) and not bool(self.predicate.holds(y.reshape(1, -1))[0])
+
+
+@attrs.frozen(eq=False)
+class Goal:
+    """A spec compiled at a point: it holds iff at least one alternative property holds.
+
+    Most specs compile to one alternative; an affinity spec with overlapping groups compiles to
+    one per group containing the predicted class. No alternatives means the spec fails at the
+    point itself.
+    """
+
+    alternatives: tuple[Property, ...] = attrs.field(converter=tuple)
+
+    def is_counterexample(self, x: FloatArray, y: FloatArray) -> bool:
+        """Whether ``x`` violates every alternative (a single witness refuting the goal)."""
+        return all(p.is_counterexample(x, y) for p in self.alternatives)

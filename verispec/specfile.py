@@ -1,0 +1,401 @@
+"""TOML spec files -> typed objects, with errors that name the file, the table and the key.
+
+Format (paths are relative to the spec file)::
+
+    model = "models/digits_mlp.pt"
+
+    [data]                        # needed by point properties
+    source = "sklearn:digits"     # sklearn:digits | npz:PATH | idx:IMAGES,LABELS | csv:PATH
+    split = "test"                # train | test | all
+    domain = [0.0, 1.0]           # optional input domain (default: the source's)
+    limit = 500                   # optional: the first N points
+
+    [engine]                      # optional
+    name = "lipschitz"            # plus that engine's options, e.g. batch_size, device
+
+    [report]                      # optional
+    radii = [0.1, 0.3, 0.5]       # certified-accuracy curve
+
+    [[property]]
+    kind = "local_robustness"     # | relaxed_top_k | affinity | safe_ordering
+    name = "robust-l2"            # optional
+    eps = 0.3
+    norm = "l2"                   # l2 | linf
+    # relaxed_top_k: k = 2;  affinity: groups = [[1, 7], [3, 8]], allow_overlap = false
+    # safe_ordering: postcondition = [["y0 > y8", "y0 > y9"], ["y6 > y8"]]  (DNF),
+    #   predicted_in = [0] (optional), and a [property.precondition] table with either
+    #   lo/hi (numbers or lists of the input size), or center = "data:INDEX" and radius
+    #   (an l_inf box around a data point, clipped to the domain), optionally A/b for a polytope.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from verispec.data import Dataset, Split, load_data
+from verispec.engines.base import engine_class
+from verispec.errors import DataError, ModelFileError, SpecError, SpecFileError, UnsupportedError
+from verispec.modelfile import load_model
+from verispec.network import Network
+from verispec.properties import Clause, Predicate
+from verispec.regions import Box, Norm, Polytope
+from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, SafeOrdering, Spec
+
+_ATOM = re.compile(r"^\s*y(\d+)\s*>\s*y(\d+)\s*$")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@attrs.frozen
+class NamedSpec:
+    """A property of a spec file: its name and typed spec."""
+
+    name: str
+    spec: Spec
+
+
+@attrs.frozen(eq=False)
+class SpecFile:
+    """A parsed spec file: model, data, engine and properties, all typed."""
+
+    path: Path
+    model_path: Path
+    network: Network
+    data: Dataset | None
+    limit: int | None
+    engine_name: str
+    engine_config: Any
+    radii: tuple[float, ...]
+    properties: tuple[NamedSpec, ...]
+
+    def make_engine(self) -> Any:
+        """A fresh engine instance configured as the file says."""
+        return engine_class(self.engine_name)(self.engine_config)
+
+
+class _Table:
+    """A TOML table with its location, handing out keys and rejecting unknown ones."""
+
+    def __init__(self, file: Path, where: str, raw: Any) -> None:
+        self.file, self.where = file, where
+        if not isinstance(raw, dict):
+            raise self.error(None, f"must be a table, got {type(raw).__name__}")
+        self.raw: dict[str, Any] = raw
+        self.used: set[str] = set()
+
+    def error(self, key: str | None, message: str) -> SpecFileError:
+        place = f"[{self.where}]" if self.where else "top level"
+        keypart = f" key '{key}'" if key else ""
+        return SpecFileError(f"{self.file}: {place}{keypart}: {message}")
+
+    def has(self, key: str) -> bool:
+        return key in self.raw
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, required: bool = False) -> Any:
+        self.used.add(key)
+        if key not in self.raw:
+            if required or default is ...:
+                raise self.error(key, "is required")
+            return default
+        value = self.raw[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(key, f"expected {_names(kinds)}, got a boolean")
+        if not isinstance(value, kinds):
+            raise self.error(key, f"expected {_names(kinds)}, got {type(value).__name__} {value!r}")
+        return value
+
+    def table(self, key: str, required: bool = False) -> _Table | None:
+        self.used.add(key)
+        if key not in self.raw:
+            if required:
+                raise self.error(key, "is required")
+            return None
+        return _Table(self.file, f"{self.where}.{key}" if self.where else key, self.raw[key])
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.raw) - self.used)
+        if unknown:
+            raise self.error(unknown[0], f"unknown key (known here: {', '.join(sorted(self.used))})")
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return " or ".join({int: "an integer", float: "a number", str: "a string", bool: "a boolean",
+                        list: "a list", dict: "a table"}.get(k, k.__name__) for k in kinds)
+
+
+def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
+    """Read and validate a spec file, loading its model and data."""
+    file = Path(path)
+    if not file.is_file():
+        raise SpecFileError(f"spec file {file} does not exist")
+    try:
+        raw = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise SpecFileError(f"{file}: not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise SpecFileError(f"{file}: not a text file") from None
+    top = _Table(file, "", raw)
+    base = file.parent
+    model_path = base / top.get("model", str, required=True)
+    try:
+        network = load_model(model_path)[0]
+    except ModelFileError as err:
+        raise top.error("model", str(err)) from None
+
+    data, domain, file_limit = _data(top, base)
+    engine_name, engine_config = _engine(top)
+    radii = ()
+    report = top.table("report")
+    if report is not None:
+        radii = tuple(_numbers(report, "radii", report.get("radii", list)))
+        report.finish()
+    raw_props = top.get("property", list, required=True)
+    if not raw_props:
+        raise top.error("property", "lists no property")
+    props = []
+    for i, rp in enumerate(raw_props):
+        t = _Table(file, f"property[{i}]", rp)
+        props.append(_property(t, network, data, domain))
+        t.finish()
+    top.finish()
+    names = [p.name for p in props]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise top.error("property", f"duplicate property name {sorted(dup)[0]!r}")
+    if data is None and any(not isinstance(p.spec, SafeOrdering) for p in props):
+        raise top.error("data", "point properties need a [data] table")
+    return SpecFile(file, model_path, network, data, limit if limit is not None else file_limit,
+                    engine_name, engine_config, radii, tuple(props))
+
+
+def _data(top: _Table, base: Path) -> tuple[Dataset | None, tuple[float, float] | None, int | None]:
+    t = top.table("data")
+    if t is None:
+        return None, None, None
+    source = t.get("source", str, required=True)
+    split_name = t.get("split", str, "test")
+    try:
+        split = Split(split_name)
+    except ValueError:
+        raise t.error("split", f"must be one of {[s.value for s in Split]}, got {split_name!r}") from None
+    limit = t.get("limit", int, None)
+    if limit is not None and limit < 1:
+        raise t.error("limit", f"must be >= 1, got {limit}")
+    try:
+        data = load_data(source, split, base)
+    except DataError as err:
+        raise t.error("source", str(err)) from None
+    domain = data.domain
+    if t.has("domain"):
+        values = _numbers(t, "domain", t.get("domain", list))
+        if len(values) != 2 or not values[0] < values[1]:
+            raise t.error("domain", "must be [lo, hi] with lo < hi")
+        domain = (values[0], values[1])
+        if data.x.min() < domain[0] or data.x.max() > domain[1]:
+            raise t.error("domain", f"the data has values outside {list(domain)}")
+        data = attrs.evolve(data, domain=domain)
+    t.finish()
+    return data, domain, limit
+
+
+def _engine(top: _Table) -> tuple[str, Any]:
+    t = top.table("engine")
+    if t is None:
+        return "lipschitz", engine_class("lipschitz").Config()
+    name = t.get("name", str, "lipschitz")
+    try:
+        cls = engine_class(name)
+    except UnsupportedError as err:
+        raise t.error("name", str(err)) from None
+    config = engine_config_from(cls.Config, t.raw, lambda key, msg: t.error(key, msg), skip={"name"})
+    return name, config
+
+
+def engine_config_from(config_cls: type, raw: dict[str, Any], error: Any, skip: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+    """Build an engine's attrs Config from plain values (spec file or CLI), type-checked."""
+    fields = {f.name: f for f in attrs.fields(config_cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in skip:
+            continue
+        if key not in fields:
+            raise error(key, f"unknown option (known: {', '.join(sorted(fields))})")
+        default = fields[key].default
+        if isinstance(default, torch.dtype):
+            if value not in _DTYPES:
+                raise error(key, f"must be one of {sorted(_DTYPES)}, got {value!r}")
+            value = _DTYPES[value]
+        elif isinstance(default, bool) or isinstance(value, bool):
+            if not (isinstance(default, bool) and isinstance(value, bool)):
+                raise error(key, f"expected {type(default).__name__}, got {value!r}")
+        elif isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        elif not isinstance(value, type(default)):
+            raise error(key, f"expected {type(default).__name__}, got {type(value).__name__} {value!r}")
+        kwargs[key] = value
+    try:
+        return config_cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise error(None, f"invalid engine options: {err}") from None
+
+
+def _numbers(t: _Table, key: str, values: list[Any]) -> list[float]:
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise t.error(key, f"must hold numbers, found {v!r}")
+        if not np.isfinite(v):
+            raise t.error(key, f"must hold finite numbers, found {v!r}")
+        out.append(float(v))
+    return out
+
+
+def _class_list(t: _Table, key: str, values: list[Any], m: int) -> list[int]:
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise t.error(key, f"must hold class indices (integers), found {v!r}")
+        if not 0 <= v < m:
+            raise t.error(key, f"class {v} is out of range: the model has {m} classes (0..{m - 1})")
+        out.append(v)
+    return out
+
+
+def _property(t: _Table, network: Network, data: Dataset | None, domain: tuple[float, float] | None) -> NamedSpec:
+    kinds = ("local_robustness", "relaxed_top_k", "affinity", "safe_ordering")
+    kind = t.get("kind", str, required=True)
+    if kind not in kinds:
+        raise t.error("kind", f"unknown kind {kind!r}; use one of {', '.join(kinds)}")
+    name = t.get("name", str, "")
+    m = network.num_classes
+    try:
+        if kind == "safe_ordering":
+            spec: Spec = _safe_ordering(t, network, data, domain)
+        else:
+            eps = t.get("eps", float, required=True)
+            if not (np.isfinite(eps) and eps > 0):
+                raise t.error("eps", f"must be > 0 and finite, got {eps}")
+            norm_text = t.get("norm", str, "l2")
+            try:
+                norm = Norm.parse(norm_text)
+            except SpecError as err:
+                raise t.error("norm", str(err)) from None
+            if kind == "local_robustness":
+                spec = LocalRobustness(eps, norm)
+            elif kind == "relaxed_top_k":
+                k = t.get("k", int, required=True)
+                if not 1 <= k <= m:
+                    raise t.error("k", f"must be in 1..{m} (the model's classes), got {k}")
+                spec = RelaxedTopK(k, eps, norm)
+            else:
+                raw_groups = t.get("groups", list, required=True)
+                groups = []
+                for g in raw_groups:
+                    if not isinstance(g, list) or not g:
+                        raise t.error("groups", f"must be a list of non-empty lists of classes, found {g!r}")
+                    groups.append(_class_list(t, "groups", g, m))
+                spec = Affinity(groups, eps, norm, t.get("allow_overlap", bool, False))
+        spec.validate_for(m)
+    except SpecError as err:
+        raise t.error(None, str(err)) from None
+    return NamedSpec(name or f"{kind}#{t.where.split('[')[-1].rstrip(']')}", spec)
+
+
+def _safe_ordering(t: _Table, network: Network, data: Dataset | None, domain: tuple[float, float] | None) -> SafeOrdering:
+    m = network.num_classes
+    post = t.get("postcondition", list, required=True)
+    if not post:
+        raise t.error("postcondition", "needs at least one clause")
+    clauses = []
+    for clause in post:
+        if isinstance(clause, str):
+            clause = [clause]
+        if not isinstance(clause, list) or not clause:
+            raise t.error("postcondition", f"each clause is a non-empty list of 'yA > yB', found {clause!r}")
+        pairs = []
+        for atom in clause:
+            match = _ATOM.match(atom) if isinstance(atom, str) else None
+            if match is None:
+                raise t.error("postcondition", f"atoms look like 'y3 > y5', found {atom!r}")
+            a, b = int(match.group(1)), int(match.group(2))
+            _class_list(t, "postcondition", [a, b], m)
+            if a == b:
+                raise t.error("postcondition", f"{atom!r} compares a class with itself")
+            pairs.append((a, b))
+        clauses.append(Clause.orderings(pairs, m))
+    predicted_in = None
+    if t.has("predicted_in"):
+        predicted_in = _class_list(t, "predicted_in", t.get("predicted_in", list), m)
+        if not predicted_in:
+            raise t.error("predicted_in", "must not be empty")
+    pre = t.table("precondition", required=True)
+    if pre is None:  # required=True raised already
+        raise t.error("precondition", "is required")
+    region = _precondition(pre, network, data, domain)
+    pre.finish()
+    return SafeOrdering(region, Predicate(tuple(clauses)), predicted_in)
+
+
+def _precondition(t: _Table, network: Network, data: Dataset | None, domain: tuple[float, float] | None) -> Box | Polytope:
+    shape = network.input_shape
+    size = network.input_size
+
+    def array(key: str) -> np.ndarray:
+        value = t.get(key, (int, float, list))
+        if isinstance(value, list):
+            values = _numbers(t, key, value)
+            if len(values) != size:
+                raise t.error(key, f"has {len(values)} values; the model's input has {size}")
+            return np.array(values).reshape(shape)
+        if not np.isfinite(value):
+            raise t.error(key, "must be finite")
+        return np.full(shape, float(value))
+
+    if t.has("center"):
+        if t.has("lo") or t.has("hi"):
+            raise t.error("center", "give either center/radius or lo/hi, not both")
+        ref = t.get("center", str)
+        match = re.fullmatch(r"data:(\d+)", ref)
+        if match is None:
+            raise t.error("center", f"must be 'data:INDEX', got {ref!r}")
+        if data is None:
+            raise t.error("center", "refers to a data point but the file has no [data] table")
+        index = int(match.group(1))
+        if index >= len(data):
+            raise t.error("center", f"index {index} is past the data ({len(data)} points)")
+        radius = t.get("radius", float, required=True)
+        if not (np.isfinite(radius) and radius > 0):
+            raise t.error("radius", f"must be > 0 and finite, got {radius}")
+        centre = data.x[index].reshape(shape)
+        lo, hi = centre - radius, centre + radius
+        if domain is not None:
+            lo, hi = np.maximum(lo, domain[0]), np.minimum(hi, domain[1])
+    else:
+        lo, hi = array("lo"), array("hi")
+        if np.any(lo > hi):
+            raise t.error("lo", "is above hi in some coordinate (empty box)")
+    box = Box(lo, hi)
+    if not (t.has("A") or t.has("b")):
+        return box
+    rows = t.get("A", list, required=True)
+    b = _numbers(t, "b", t.get("b", list, required=True))
+    matrix = []
+    for row in rows:
+        if not isinstance(row, list):
+            raise t.error("A", "must be a list of rows (lists of numbers)")
+        values = _numbers(t, "A", row)
+        if len(values) != size:
+            raise t.error("A", f"rows must have {size} entries (the input size), found {len(values)}")
+        matrix.append(values)
+    if len(matrix) != len(b):
+        raise t.error("b", f"has {len(b)} entries but A has {len(matrix)} rows")
+    return Polytope(np.array(matrix), np.array(b), box)
