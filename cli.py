@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 EXIT_BAD_INPUT = 2
+PROGRESS_MIN_POINTS = 2000
 
 
 def _fail(message: str) -> None:
@@ -51,6 +52,13 @@ def _table(rows: list[tuple[str, str]]) -> str:
 def report_table(report: Any) -> str:
     """The human summary of one property's report."""
     counts = report.counts
+    if all(r.label is None for r in report.results) and report.points == 1:
+        (result,) = report.results
+        rows = [("spec", report.spec), ("engine", report.engine),
+                ("verdict", result.verdict.value.upper()), ("time", f"{result.time_s:.3f} s")]
+        if result.detail:
+            rows.append(("detail", result.detail))
+        return f"{report.property_name}\n{_table(rows)}"
     rows = [
         ("spec", report.spec),
         ("engine", report.engine),
@@ -100,8 +108,9 @@ def check(spec: str, engine_name: str | None, limit: int | None, json_path: str 
         reports = []
         for prop in sf.properties:
             total = 0 if sf.data is None else len(sf.data.take(sf.limit))
+            show = sys.stderr.isatty() and total >= PROGRESS_MIN_POINTS
             with click.progressbar(length=total, label=prop.name, file=sys.stderr,
-                                   show_pos=True) as bar:
+                                   show_pos=True, hidden=not show) as bar:
                 report = vcheck(sf.network, prop.spec, sf.data, engine, limit=sf.limit,
                                 name=prop.name, radii=sf.radii, progress=bar.update)
             reports.append(report)
@@ -121,6 +130,8 @@ def info(model: str, debug: bool) -> None:
     """Print MODEL's layers, each layer's proven l2 Lipschitz bound, and the network's K."""
 
     def run() -> None:
+        import numpy as np
+
         from verispec.engines.lipschitz import network_lipschitz
         from verispec.modelfile import load_model
         from verispec.regions import Norm
@@ -136,7 +147,7 @@ def info(model: str, debug: bool) -> None:
         click.echo(f"K (linf -> l2, same layers):               {linf.body:.6g}")
         if l2.head is not None:
             pair = l2.pairwise()
-            off = pair[~__import__('numpy').eye(pair.shape[0], dtype=bool)]
+            off = pair[~np.eye(pair.shape[0], dtype=bool)]
             click.echo(f"K_ij (l2) range: {off.min():.6g} .. {off.max():.6g}")
         if meta:
             click.echo("metadata: " + json.dumps(meta, sort_keys=True))

@@ -20,10 +20,10 @@ def _project(region: Ball | Box, x: torch.Tensor) -> torch.Tensor:
     intersected with a box: project onto the ball, then clip, which stays in both because the
     centre lies in the box)."""
     if isinstance(region, Box):
-        lo = torch.as_tensor(region.lo)
-        hi = torch.as_tensor(region.hi)
+        lo = torch.tensor(region.lo)
+        hi = torch.tensor(region.hi)
         return torch.maximum(torch.minimum(x, hi), lo)
-    c = torch.as_tensor(region.center)
+    c = torch.tensor(region.center)
     d = x - c
     if region.norm is Norm.LINF:
         d = d.clamp(-region.eps, region.eps)
@@ -84,6 +84,11 @@ def pgd_attack(
     """Minimise the predicate's slack over the region by PGD in float64 (sign steps for l_inf
     and boxes, normalised gradient steps for l2); a confirmed counterexample or None."""
     region = _search_region(prop)
+    clauses = prop.predicate.clauses
+    if any(c.C.shape[0] == 0 for c in clauses):
+        return None  # an empty conjunction is true: nothing can violate the predicate
+    if not clauses:
+        return sample_attack(network, prop, 1, rng)  # the empty disjunction is false everywhere
     module = network.module(torch.float64)
     for p in module.parameters():
         p.requires_grad_(False)
@@ -115,8 +120,6 @@ def _slack(prop: Property, y: torch.Tensor) -> torch.Tensor:
     """Differentiable predicate slack (n,): max over clauses of min over atoms."""
     per_clause = []
     for clause in prop.predicate.clauses:
-        vals = y @ torch.as_tensor(clause.C).T + torch.as_tensor(clause.d)
-        per_clause.append(vals.min(dim=1).values if vals.shape[1] else torch.full_like(y[:, 0], 1e9))
-    if not per_clause:
-        return torch.full_like(y[:, 0], -1.0)
+        vals = y @ torch.tensor(clause.C).T + torch.tensor(clause.d)
+        per_clause.append(vals.min(dim=1).values)
     return torch.stack(per_clause, dim=1).max(dim=1).values

@@ -4,10 +4,12 @@ Engines run networks in float32 for speed but certify the exact (real-arithmetic
 the user's float64 point. ``RoundoffForward`` returns logits y_hat (n, m) and E (n,) with
 ||y_hat - f(x)||_2 <= E, by the standard error analysis of each layer:
 
-- affine layers (dense, conv): |fl(W h + b) - (W h + b)| <= gamma_{n+2} (|W| |h| + |b|)
-  elementwise (any summation order, FMA included), with n the fan-in and
-  gamma_k = k u / (1 - k u); in l2: gamma_{n+2} (|| |W| ||_2 ||h||_2 + ||b||_2);
-- normalisation (x - mean) / std: two rounded operations, <= 3u ||out||_2;
+- affine layers (dense, conv): |fl(W h + b) - (W h + b)| <= gamma_{n+3} (|W| |h| + |b|)
+  elementwise (any summation order, FMA included; one more rounding for storing the float64
+  weights in the working precision), with n the fan-in and gamma_k = k u / (1 - k u);
+  in l2: gamma_{n+3} (|| |W| ||_2 ||h||_2 + ||b||_2);
+- normalisation (x - mean) / std: two rounded operations on rounded constants,
+  <= 5u ||out||_2 + 2u ||mean / std||_2;
 - average pooling: a sum of k values and a division, <= gamma_{k+1} ||pool(|h|)||_2;
 - ReLU, GroupSort, Flatten are exact;
 - propagated error: E_{l+1} <= Lip_l E_l + local_l, with Lip_l the layer's proven l2 bound.
@@ -94,7 +96,9 @@ def layer_error_constants(network: Network, lips: list[float]) -> list[_LayerErr
             bias = float(np.linalg.norm(layer.bias)) * math.sqrt(out_shape[1] * out_shape[2])
             out.append(_LayerError(lips[i], absn, ci * kh * kw, bias, "affine"))
         elif isinstance(layer, Normalize):
-            out.append(_LayerError(lips[i], kind="normalize"))
+            shift = np.broadcast_to((layer.mean / layer.std).reshape((-1,) + (1,) * (len(in_shape) - 1)),
+                                    in_shape)
+            out.append(_LayerError(lips[i], bias_norm=float(np.linalg.norm(shift)), kind="normalize"))
         elif isinstance(layer, AvgPool2d):
             k = layer.kernel[0] * layer.kernel[1]
             out.append(_LayerError(lips[i], lips[i], k, 0.0, "pool"))
@@ -124,14 +128,14 @@ class RoundoffForward:
 
     def __call__(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         """x (n, *input_shape) float64 -> (logits (n, m) float64, error bound E (n,) float64)."""
-        x64 = torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape((-1, *self.input_shape))
+        x64 = torch.from_numpy(np.array(x, dtype=np.float64)).reshape((-1, *self.input_shape))
         h = x64.to(self.device).to(self.dtype)
         err = torch.linalg.vector_norm((h.to(torch.float64) - x64.to(self.device)).flatten(1), dim=1)
         u = self.u
         with torch.no_grad(), _exact_convolutions(self.device):
             for layer, c in zip(self.module, self.constants, strict=True):
                 if c.kind == "affine":
-                    local = gamma(c.fan_in + 2, u) * (c.abs_norm * _norms(h, u) + c.bias_norm)
+                    local = gamma(c.fan_in + 3, u) * (c.abs_norm * _norms(h, u) + c.bias_norm)
                     h = layer(h)
                 elif c.kind == "pool":
                     h_in = _norms(h, u)
@@ -139,7 +143,7 @@ class RoundoffForward:
                     local = gamma(c.fan_in + 1, u) * c.abs_norm * h_in
                 elif c.kind == "normalize":
                     h = layer(h)
-                    local = 3 * u * _norms(h, u)
+                    local = 5 * u * _norms(h, u) + 2 * u * c.bias_norm
                 else:
                     h = layer(h)
                     local = torch.zeros_like(err)
