@@ -54,8 +54,12 @@ def report_table(report: Any) -> str:
     counts = report.counts
     if all(r.label is None for r in report.results) and report.points == 1:
         (result,) = report.results
-        rows = [("spec", report.spec), ("engine", report.engine),
-                ("verdict", result.verdict.value.upper()), ("time", f"{result.time_s:.3f} s")]
+        rows = [
+            ("spec", report.spec),
+            ("engine", report.engine),
+            ("verdict", result.verdict.value.upper()),
+            ("time", f"{result.time_s:.3f} s"),
+        ]
         if result.detail:
             rows.append(("detail", result.detail))
         return f"{report.property_name}\n{_table(rows)}"
@@ -83,13 +87,32 @@ def main() -> None:
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--engine", "engine_name", default=None, help="engine name (default: the file's, else lipschitz)")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="check only the first N points")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the reports as JSON")
+@click.option(
+    "--engine",
+    "engine_name",
+    default=None,
+    help="engine name (default: the file's, else lipschitz)",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="check only the first N points"
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="write the reports as JSON",
+)
 @click.option("--device", default=None, help="torch device, e.g. cpu or cuda")
 @click.option("--debug", is_flag=True, help="show tracebacks")
-def check(spec: str, engine_name: str | None, limit: int | None, json_path: str | None,
-          device: str | None, debug: bool) -> None:
+def check(
+    spec: str,
+    engine_name: str | None,
+    limit: int | None,
+    json_path: str | None,
+    device: str | None,
+    debug: bool,
+) -> None:
     """Check every property of the spec file SPEC and print a table per property."""
 
     def run() -> None:
@@ -109,10 +132,19 @@ def check(spec: str, engine_name: str | None, limit: int | None, json_path: str 
         for prop in sf.properties:
             total = 0 if sf.data is None else len(sf.data.take(sf.limit))
             show = sys.stderr.isatty() and total >= PROGRESS_MIN_POINTS
-            with click.progressbar(length=total, label=prop.name, file=sys.stderr,
-                                   show_pos=True, hidden=not show) as bar:
-                report = vcheck(sf.network, prop.spec, sf.data, engine, limit=sf.limit,
-                                name=prop.name, radii=sf.radii, progress=bar.update)
+            with click.progressbar(
+                length=total, label=prop.name, file=sys.stderr, show_pos=True, hidden=not show
+            ) as bar:
+                report = vcheck(
+                    sf.network,
+                    prop.spec,
+                    sf.data,
+                    engine,
+                    limit=sf.limit,
+                    name=prop.name,
+                    radii=sf.radii,
+                    progress=bar.update,
+                )
             reports.append(report)
             click.echo(report_table(report) + "\n")
         if json_path:

@@ -36,12 +36,20 @@ def convnet_4c3f() -> Network:
     """C32k3-C32k4s2-C64k3-C64k4s2-D512-D512-D10 on 28x28x1 (padding 1), ReLU."""
     torch.manual_seed(0)
     seq = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 32, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(64, 64, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 512), nn.ReLU(),
-        nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10),
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64 * 7 * 7, 512),
+        nn.ReLU(),
+        nn.Linear(512, 512),
+        nn.ReLU(),
+        nn.Linear(512, 10),
     )
     return Network.from_torch(seq, (1, 28, 28))
 
@@ -55,7 +63,9 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def check_ratio(net: Network, xs: np.ndarray, eps: float, device: str, repeats: int) -> tuple[float, float, float]:
+def check_ratio(
+    net: Network, xs: np.ndarray, eps: float, device: str, repeats: int
+) -> tuple[float, float, float]:
     engine = LipschitzEngine(LipschitzConfig(batch_size=len(xs), device=device))
     spec = LocalRobustness(eps, Norm.L2)
     engine.check(net, spec, xs[:2])  # computes and caches K and the module
@@ -73,8 +83,9 @@ def check_ratio(net: Network, xs: np.ndarray, eps: float, device: str, repeats: 
 
 
 def exact_conv_norm(layer: Conv2d, hw: tuple[int, int]) -> float:
-    return opnorm.conv2d_l2_bound(layer.weight, layer.stride, layer.padding, hw,
-                                  method=opnorm.ConvBoundMethod.EXPLICIT) / (1 + opnorm.ROUNDING_ALLOWANCE)
+    return opnorm.conv2d_l2_bound(
+        layer.weight, layer.stride, layer.padding, hw, method=opnorm.ConvBoundMethod.EXPLICIT
+    ) / (1 + opnorm.ROUNDING_ALLOWANCE)
 
 
 def main() -> None:
@@ -99,11 +110,15 @@ def main() -> None:
                 hw = conv.shapes[b.index][1:]
                 t0 = time.perf_counter()
                 exact = exact_conv_norm(layer, (hw[0], hw[1]))
-                print(f"  layer {b.index} conv2d{tuple(layer.weight.shape)} on {hw}: bound/exact = "
-                      f"{b.l2 / exact:.6f}   (exact SVD took {time.perf_counter() - t0:.1f} s)")
+                print(
+                    f"  layer {b.index} conv2d{tuple(layer.weight.shape)} on {hw}: bound/exact = "
+                    f"{b.l2 / exact:.6f}   (exact SVD took {time.perf_counter() - t0:.1f} s)"
+                )
             elif isinstance(layer, Dense):
                 exact = np.linalg.svd(layer.weight, compute_uv=False)[0]
-                print(f"  layer {b.index} dense{layer.weight.shape}: bound/exact = {b.l2 / exact:.6f}")
+                print(
+                    f"  layer {b.index} dense{layer.weight.shape}: bound/exact = {b.l2 / exact:.6f}"
+                )
 
     print(f"\ncheck / plain forward, {args.points} points, K cached (target <= 1.05)")
     xs = rng.uniform(0, 1, (args.points, 1, 28, 28))
@@ -115,8 +130,11 @@ def main() -> None:
     idx = rng.integers(0, len(digits), args.points)
     xs = np.clip(digits.x[idx] + rng.normal(0, 0.01, digits.x[idx].shape), 0, 1)
     t_check, t_plain, ratio = check_ratio(net, xs, 0.3, args.device, max(args.repeats, 5))
-    print(f"  digits MLP:   check {t_check * 1e3:.1f} ms, forward {t_plain * 1e3:.1f} ms, ratio {ratio:.2f}"
-          "  (a tiny model: per-point result objects dominate)")
+    print(
+        f"  digits MLP:   check {t_check * 1e3:.1f} ms, forward {t_plain * 1e3:.1f} ms, "
+        f"ratio {ratio:.2f}"
+        "  (a tiny model: per-point result objects dominate)"
+    )
 
 
 if __name__ == "__main__":

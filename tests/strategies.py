@@ -14,7 +14,9 @@ from verispec.regions import Norm
 WEIGHT_SCALES = (1e-6, 0.1, 0.5, 1.0, 3.0)
 
 
-def _weights(rng: np.random.Generator, shape: tuple[int, ...], scale: float, style: str) -> np.ndarray:
+def _weights(
+    rng: np.random.Generator, shape: tuple[int, ...], scale: float, style: str
+) -> np.ndarray:
     w = rng.standard_normal(shape) * scale / np.sqrt(np.prod(shape[1:]))
     if style == "duplicate" and shape[0] > 1:
         w[1] = w[0]
@@ -86,9 +88,15 @@ def conv_networks(draw: st.DrawFn) -> Network:
 def points(network: Network, count: int = 6) -> st.SearchStrategy[np.ndarray]:
     """``count`` points in [0, 1]^input_shape (corners and the centre included sometimes)."""
     shape = (count, *network.input_shape)
-    return st.integers(0, 2**32 - 1).map(
-        lambda s: np.random.default_rng(s).choice([0.0, 0.5, 1.0, np.nan], size=shape, p=[0.1, 0.1, 0.1, 0.7])
-    ).map(lambda a: np.where(np.isnan(a), np.random.default_rng(0).uniform(0, 1, a.shape), a))
+    return (
+        st.integers(0, 2**32 - 1)
+        .map(
+            lambda s: np.random.default_rng(s).choice(
+                [0.0, 0.5, 1.0, np.nan], size=shape, p=[0.1, 0.1, 0.1, 0.7]
+            )
+        )
+        .map(lambda a: np.where(np.isnan(a), np.random.default_rng(0).uniform(0, 1, a.shape), a))
+    )
 
 
 norms = st.sampled_from([Norm.L2, Norm.LINF])

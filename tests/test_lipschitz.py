@@ -19,8 +19,9 @@ from verispec.regions import Box, Norm
 from verispec.results import Verdict
 from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, SafeOrdering
 
-SETTINGS = settings(deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 DOMAIN_LO, DOMAIN_HI = 0.0, 1.0
 
 
@@ -40,8 +41,13 @@ def _assert_no_counterexample(net, spec, xs, results, seed=0):
 
 
 @SETTINGS
-@given(st.one_of(dense_networks(), conv_networks()).flatmap(lambda n: st.tuples(st.just(n), points(n))),
-       norms, epsilons)
+@given(
+    st.one_of(dense_networks(), conv_networks()).flatmap(
+        lambda n: st.tuples(st.just(n), points(n))
+    ),
+    norms,
+    epsilons,
+)
 def test_certified_local_robustness_admits_no_counterexample(case, norm, eps):
     net, xs = case
     spec = LocalRobustness(eps, norm)
@@ -50,8 +56,12 @@ def test_certified_local_robustness_admits_no_counterexample(case, norm, eps):
 
 
 @SETTINGS
-@given(dense_networks().flatmap(lambda n: st.tuples(st.just(n), points(n))), norms, epsilons,
-       st.integers(1, 3))
+@given(
+    dense_networks().flatmap(lambda n: st.tuples(st.just(n), points(n))),
+    norms,
+    epsilons,
+    st.integers(1, 3),
+)
 def test_certified_relaxed_top_k_admits_no_counterexample(case, norm, eps, k):
     net, xs = case
     k = min(k, net.num_classes)
@@ -64,8 +74,12 @@ def test_certified_relaxed_top_k_admits_no_counterexample(case, norm, eps, k):
 
 
 @SETTINGS
-@given(dense_networks().flatmap(lambda n: st.tuples(st.just(n), points(n))), norms, epsilons,
-       st.randoms(use_true_random=False))
+@given(
+    dense_networks().flatmap(lambda n: st.tuples(st.just(n), points(n))),
+    norms,
+    epsilons,
+    st.randoms(use_true_random=False),
+)
 def test_certified_affinity_admits_no_counterexample(case, norm, eps, rnd):
     net, xs = case
     classes = list(range(net.num_classes))
@@ -87,8 +101,12 @@ def test_safe_ordering_checked_by_dense_sampling(net, seed, half):
     y = net.forward64(centre[None])[0]
     order = np.argsort(-y)
     # the ordering at the centre between the top two classes, often true on small boxes
-    post = Predicate((Clause.orderings([(int(order[0]), int(order[-1]))], m),
-                      Clause.orderings([(int(order[1]), int(order[0]))], m)))
+    post = Predicate(
+        (
+            Clause.orderings([(int(order[0]), int(order[-1]))], m),
+            Clause.orderings([(int(order[1]), int(order[0]))], m),
+        )
+    )
     spec = SafeOrdering(box, post)
     (result,) = LipschitzEngine().check(net, spec, np.zeros((0, *net.input_shape)))
     samples = rng.uniform(box.lo, box.hi, size=(20000, *net.input_shape))

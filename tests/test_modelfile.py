@@ -65,5 +65,5 @@ def test_config_mismatch_is_reported(tmp_path):
     payload = torch.load(path, weights_only=True)
     payload["tensors"]["3.weight"] = torch.zeros(3, 31, dtype=torch.float64)
     torch.save(payload, path)
-    with pytest.raises(ModelFileError, match="3.weight"):
+    with pytest.raises(ModelFileError, match=r"3\.weight"):
         load_model(path)

@@ -28,8 +28,16 @@ def test_from_torch_matches_torch_in_float32_and_float64():
     model = _model()
     net = Network.from_torch(model, (1, 8, 8))
     assert [layer.kind for layer in net.layers] == [
-        "normalize", "conv2d", "groupsort", "avgpool2d", "flatten", "dense", "groupsort", "dense",
-        "relu", "dense",
+        "normalize",
+        "conv2d",
+        "groupsort",
+        "avgpool2d",
+        "flatten",
+        "dense",
+        "groupsort",
+        "dense",
+        "relu",
+        "dense",
     ]
     x = torch.rand(5, 1, 8, 8)
     with torch.no_grad():

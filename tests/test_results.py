@@ -11,10 +11,23 @@ def _report() -> Report:
         CheckResult(Verdict.CERTIFIED, "e", predicted=1, label=1, radius=0.5),
         CheckResult(Verdict.CERTIFIED, "e", predicted=2, label=1, radius=math.inf),
         CheckResult(Verdict.UNKNOWN, "e", predicted=0, label=0, radius=0.1),
-        CheckResult(Verdict.FALSIFIED, "e", predicted=3, label=3, radius=0.0,
-                    counterexample=np.ones((1, 2, 2)), detail="pgd"),
-        CheckResult(Verdict.ABSTAIN, "e", predicted=None, label=2,
-                    guarantee=GuaranteeKind.PROBABILISTIC, confidence=0.999),
+        CheckResult(
+            Verdict.FALSIFIED,
+            "e",
+            predicted=3,
+            label=3,
+            radius=0.0,
+            counterexample=np.ones((1, 2, 2)),
+            detail="pgd",
+        ),
+        CheckResult(
+            Verdict.ABSTAIN,
+            "e",
+            predicted=None,
+            label=2,
+            guarantee=GuaranteeKind.PROBABILISTIC,
+            confidence=0.999,
+        ),
     ]
     return Report("p", "spec", "e", tuple(results), radii=(0.0, 0.2, 1.0), wall_time_s=2.0)
 

@@ -1,3 +1,4 @@
+# ruff: noqa: E501
 import shutil
 from pathlib import Path
 
@@ -37,7 +38,10 @@ def test_default_spec_file_parses_every_kind():
 
 
 def test_full_example(workdir):
-    sf = _load(workdir, HEADER + """split = "train"
+    sf = _load(
+        workdir,
+        HEADER
+        + """split = "train"
 limit = 7
 [engine]
 name = "lipschitz"
@@ -50,9 +54,10 @@ predicted_in = [1]
 [property.precondition]
 lo = 0.0
 hi = 0.5
-A = [[1.0, %s]]
+A = [[1.0, ZEROS]]
 b = [3.0]
-""" % ", ".join(["0.0"] * 63))
+""".replace("ZEROS", ", ".join(["0.0"] * 63)),
+    )
     assert sf.limit == 7 and sf.engine_config.batch_size == 16
     spec = sf.properties[0].spec
     assert isinstance(spec.precondition, Polytope) and isinstance(spec.precondition.box, Box)
@@ -62,21 +67,44 @@ b = [3.0]
 @pytest.mark.parametrize(
     "body, fragment",
     [
-        ('[[property]]\nkind = "local_robustness"\neps = 0.3\nnrom = "l2"\n', "[property[0]] key 'nrom': unknown key"),
+        (
+            '[[property]]\nkind = "local_robustness"\neps = 0.3\nnrom = "l2"\n',
+            "[property[0]] key 'nrom': unknown key",
+        ),
         ('[[property]]\nkind = "local_robustness"\neps = -1\n', "key 'eps': must be > 0"),
         ('[[property]]\nkind = "local_robustness"\neps = "big"\n', "key 'eps': expected a number"),
         ('[[property]]\nkind = "local_robustness"\neps = 0.1\nnorm = "l3"\n', "key 'norm'"),
         ('[[property]]\nkind = "robustness"\neps = 0.1\n', "key 'kind': unknown kind"),
         ('[[property]]\nkind = "relaxed_top_k"\neps = 0.1\nk = 11\n', "key 'k': must be in 1..10"),
-        ('[[property]]\nkind = "affinity"\neps = 0.1\ngroups = [[1, 12]]\n', "key 'groups': class 12"),
+        (
+            '[[property]]\nkind = "affinity"\neps = 0.1\ngroups = [[1, 12]]\n',
+            "key 'groups': class 12",
+        ),
         ('[[property]]\nkind = "affinity"\neps = 0.1\ngroups = [[1, 2], [2]]\n', "overlaps"),
-        ('[[property]]\nkind = "safe_ordering"\npostcondition = [["y1 >> y2"]]\n[property.precondition]\nlo=0\nhi=1\n', "key 'postcondition'"),
-        ('[[property]]\nkind = "safe_ordering"\npostcondition = [["y1 > y2"]]\n[property.precondition]\nlo=[0, 1]\nhi=1\n', "[property[0].precondition] key 'lo': has 2 values"),
-        ('[[property]]\nkind = "safe_ordering"\npostcondition = [["y1 > y2"]]\n[property.precondition]\ncenter="data:9999"\nradius=0.1\n', "key 'center': index 9999"),
-        ('[engine]\nname = "magic"\n[[property]]\nkind = "local_robustness"\neps = 0.1\n', "[engine] key 'name': unknown engine"),
-        ('[engine]\nbatch = 3\n[[property]]\nkind = "local_robustness"\neps = 0.1\n', "[engine] key 'batch': unknown option"),
-        ('[engine]\nbatch_size = 0\n[[property]]\nkind = "local_robustness"\neps = 0.1\n', "invalid engine options"),
-        ('extra = 1\n[[property]]\nkind = "local_robustness"\neps = 0.1\n', "top level key 'extra'"),
+        (
+            '[[property]]\nkind = "safe_ordering"\npostcondition = [["y1 >> y2"]]\n[property.precondition]\nlo=0\nhi=1\n',
+            "key 'postcondition'",
+        ),
+        (
+            '[[property]]\nkind = "safe_ordering"\npostcondition = [["y1 > y2"]]\n[property.precondition]\nlo=[0, 1]\nhi=1\n',
+            "[property[0].precondition] key 'lo': has 2 values",
+        ),
+        (
+            '[[property]]\nkind = "safe_ordering"\npostcondition = [["y1 > y2"]]\n[property.precondition]\ncenter="data:9999"\nradius=0.1\n',
+            "key 'center': index 9999",
+        ),
+        (
+            '[engine]\nname = "magic"\n[[property]]\nkind = "local_robustness"\neps = 0.1\n',
+            "[engine] key 'name': unknown engine",
+        ),
+        (
+            '[engine]\nbatch = 3\n[[property]]\nkind = "local_robustness"\neps = 0.1\n',
+            "[engine] key 'batch': unknown option",
+        ),
+        (
+            '[engine]\nbatch_size = 0\n[[property]]\nkind = "local_robustness"\neps = 0.1\n',
+            "invalid engine options",
+        ),
     ],
 )
 def test_errors_name_the_table_and_key(workdir, body, fragment):
@@ -87,11 +115,13 @@ def test_errors_name_the_table_and_key(workdir, body, fragment):
 
 
 def test_file_level_errors(workdir):
+    with pytest.raises(SpecFileError, match="top level key 'extra': unknown key"):
+        _load(workdir, "extra = 1\n" + HEADER + '[[property]]\nkind="local_robustness"\neps=0.1\n')
     with pytest.raises(SpecFileError, match="does not exist"):
         load_specfile(workdir / "none.toml")
     with pytest.raises(SpecFileError, match="not valid TOML"):
         _load(workdir, "model = \n")
-    with pytest.raises(SpecFileError, match="key 'model'.*does not exist"):
+    with pytest.raises(SpecFileError, match=r"key 'model'.*does not exist"):
         _load(workdir, 'model = "x.pt"\n[[property]]\nkind="local_robustness"\neps=0.1\n')
     with pytest.raises(SpecFileError, match=r"\[data\] key 'source'"):
         _load(workdir, 'model = "m.pt"\n[data]\nsource = "foo:bar"\n')

@@ -14,7 +14,7 @@ from verispec.errors import DataError
 from verispec.modelfile import load_model
 from verispec.network import Network
 from verispec.regions import Box
-from verispec.results import Report
+from verispec.results import CheckResult, Report
 from verispec.specs import SafeOrdering, Spec
 
 CHUNK = 1024
@@ -58,6 +58,7 @@ def check(
     eng: Engine = engine_class(engine)() if isinstance(engine, str) else engine
     eng.supports(network, spec)
     start = time.perf_counter()
+    results: list[CheckResult]
     if isinstance(spec, SafeOrdering):
         results = eng.check(network, spec, np.zeros((0, *network.input_shape)))
     else:

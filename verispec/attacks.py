@@ -73,13 +73,19 @@ def _search_region(prop: Property) -> Ball | Box:
     return region
 
 
-def sample_attack(network: Network, prop: Property, n: int, rng: np.random.Generator) -> FloatArray | None:
+def sample_attack(
+    network: Network, prop: Property, n: int, rng: np.random.Generator
+) -> FloatArray | None:
     """A confirmed counterexample among ``n`` random points of the region, or None."""
     return _confirmed(network, prop, _sample(_search_region(prop), n, rng))
 
 
 def pgd_attack(
-    network: Network, prop: Property, rng: np.random.Generator, steps: int = 50, restarts: int = 8,
+    network: Network,
+    prop: Property,
+    rng: np.random.Generator,
+    steps: int = 50,
+    restarts: int = 8,
 ) -> FloatArray | None:
     """Minimise the predicate's slack over the region by PGD in float64 (sign steps for l_inf
     and boxes, normalised gradient steps for l2); a confirmed counterexample or None."""

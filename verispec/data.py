@@ -4,7 +4,8 @@ Sources (the same strings in spec files and on the command line):
 
 - ``sklearn:digits``: 1,797 8x8 digits scaled to [0, 1]; a fixed stratified split
   (75% train / 25% test, seed 0).
-- ``npz:PATH``: arrays ``x`` and ``y`` (split "all"), or ``x_train``/``y_train``/``x_test``/``y_test``.
+- ``npz:PATH``: arrays ``x`` and ``y`` (split "all"), or
+  ``x_train``/``y_train``/``x_test``/``y_test``.
 - ``idx:IMAGES,LABELS``: MNIST IDX files (gzip or not); pixels scaled by 1/255.
 - ``csv:PATH``: one example per line, pixel values then the label (gzip or not); scaled by 1/255
   when any value exceeds 1.
@@ -109,7 +110,9 @@ def read_idx(path: Path) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     count = int(np.prod(dims))
     if len(raw) - header != count:
-        raise DataError(f"{path}: IDX header promises {count} values, file holds {len(raw) - header}")
+        raise DataError(
+            f"{path}: IDX header promises {count} values, file holds {len(raw) - header}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -135,7 +138,7 @@ def _csv(spec: str, base: Path, split: Split) -> Dataset:
     if x.max() > 1.0:
         x = x / 255.0
     _require_all(split, f"csv:{spec}")
-    side = int(round(np.sqrt(x.shape[1])))
+    side = round(np.sqrt(x.shape[1]))
     if side * side == x.shape[1]:
         x = x.reshape(-1, 1, side, side)
     return Dataset(x, y.astype(np.int64), f"csv:{spec}", (0.0, 1.0) if x.min() >= 0 else None)
@@ -179,5 +182,7 @@ def load_data(source: str, split: Split = Split.TEST, base_dir: str | Path = "."
         return _digits(split)
     loaders = {"npz": _npz, "idx": _idx, "csv": _csv}
     if scheme not in loaders:
-        raise DataError(f"unknown data scheme {scheme!r} in {source!r}: use sklearn, npz, idx or csv")
+        raise DataError(
+            f"unknown data scheme {scheme!r} in {source!r}: use sklearn, npz, idx or csv"
+        )
     return loaders[scheme](rest, base, split)

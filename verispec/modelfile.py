@@ -34,8 +34,17 @@ def save_model(network: Network, path: str | Path, metadata: dict[str, Any] | No
         layers.append({"kind": layer.kind, **layer.config()})
         for name, arr in layer.arrays().items():
             tensors[f"{i}.{name}"] = torch.from_numpy(np.array(arr, dtype=np.float64))
-    config = {"input_shape": list(network.input_shape), "layers": layers, "metadata": metadata or {}}
-    payload = {"format": FORMAT, "version": VERSION, "config": json.dumps(config), "tensors": tensors}
+    config = {
+        "input_shape": list(network.input_shape),
+        "layers": layers,
+        "metadata": metadata or {},
+    }
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": json.dumps(config),
+        "tensors": tensors,
+    }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, str(path))
 
@@ -63,7 +72,9 @@ def load_model(path: str | Path) -> tuple[Network, dict[str, Any]]:
         layers = [_layer(spec, i, tensors) for i, spec in enumerate(config["layers"])]
         network = Network(tuple(layers), tuple(config["input_shape"]))
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{path}: corrupt model config ({type(err).__name__}: {err})") from None
+        raise ModelFileError(
+            f"{path}: corrupt model config ({type(err).__name__}: {err})"
+        ) from None
     except UnsupportedLayerError as err:
         raise ModelFileError(f"{path}: {err}") from None
     return network, dict(config.get("metadata", {}))
@@ -91,8 +102,12 @@ def _layer(spec: dict[str, Any], i: int, tensors: dict[str, Any]) -> Layer:
         return LAYER_TYPES[kind](t("weight", (spec["out"], spec["in"])), t("bias", (spec["out"],)))
     if kind == "conv2d":
         shape = (spec["out"], spec["in"], *spec["kernel"])
-        return Conv2d(t("weight", shape), t("bias", (spec["out"],)), tuple(spec["stride"]),
-                      tuple(spec["padding"]))
+        return Conv2d(
+            t("weight", shape),
+            t("bias", (spec["out"],)),
+            tuple(spec["stride"]),
+            tuple(spec["padding"]),
+        )
     if kind == "normalize":
         return LAYER_TYPES[kind](t("mean", (spec["channels"],)), t("std", (spec["channels"],)))
     params = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k != "kind"}

@@ -9,7 +9,7 @@ every counterexample is checked with). Unknown layers raise ``UnsupportedLayerEr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -89,8 +89,13 @@ class Conv2d:
 
     def config(self) -> dict[str, Any]:
         co, ci, kh, kw = (int(s) for s in self.weight.shape)
-        return {"in": ci, "out": co, "kernel": [kh, kw], "stride": list(self.stride),
-                "padding": list(self.padding)}
+        return {
+            "in": ci,
+            "out": co,
+            "kernel": [kh, kw],
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+        }
 
     def arrays(self) -> dict[str, FloatArray]:
         return {"weight": self.weight, "bias": self.bias}
@@ -175,7 +180,8 @@ class Normalize:
     def output_shape(self, input_shape: Shape) -> Shape:
         if self.mean.size not in (1, input_shape[0]):
             raise UnsupportedLayerError(
-                f"Normalize has {self.mean.size} channels, its input {input_shape} has {input_shape[0]}"
+                f"Normalize has {self.mean.size} channels, its input {input_shape} "
+                f"has {input_shape[0]}"
             )
         return input_shape
 
@@ -191,7 +197,9 @@ class Normalize:
         return {"mean": self.mean, "std": self.std}
 
     def to_torch(self) -> nn.Module:
-        return vl.Normalize(torch.from_numpy(np.array(self.mean)), torch.from_numpy(np.array(self.std)))
+        return vl.Normalize(
+            torch.from_numpy(np.array(self.mean)), torch.from_numpy(np.array(self.std))
+        )
 
 
 @attrs.frozen
@@ -251,7 +259,9 @@ def layer_from_torch(module: nn.Module, where: str) -> Layer | None:
     if isinstance(module, nn.Identity | nn.Dropout):
         return None
     if isinstance(module, nn.Linear):
-        bias = module.bias if module.bias is not None else torch.zeros(module.out_features)
+        bias: torch.Tensor = (
+            module.bias if module.bias is not None else torch.zeros(module.out_features)
+        )
         return Dense(_arr(module.weight), _arr(bias))
     if isinstance(module, nn.Conv2d):
         problems = []
@@ -296,12 +306,20 @@ def layer_from_torch(module: nn.Module, where: str) -> Layer | None:
     )
 
 
+def _layers(value: Iterable[Layer]) -> tuple[Layer, ...]:
+    return tuple(value)
+
+
+def _shape(value: Iterable[int]) -> Shape:
+    return tuple(int(v) for v in value)
+
+
 @attrs.frozen(eq=False)
 class Network:
     """A feed-forward network f: R^input_shape -> R^m as an ordered tuple of IR layers."""
 
-    layers: tuple[Layer, ...] = attrs.field(converter=tuple)
-    input_shape: Shape = attrs.field(converter=lambda s: tuple(int(v) for v in s))
+    layers: tuple[Layer, ...] = attrs.field(converter=_layers)
+    input_shape: Shape = attrs.field(converter=_shape)
     shapes: tuple[Shape, ...] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -331,13 +349,15 @@ class Network:
     def input_size(self) -> int:
         return int(np.prod(self.input_shape))
 
-    def module(self, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> nn.Module:
+    def module(
+        self, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    ) -> nn.Sequential:
         """A fresh torch module computing the network, in eval mode, on ``device``."""
         seq = nn.Sequential(*(layer.to_torch() for layer in self.layers))
         return seq.to(dtype=dtype, device=device).eval()
 
     def forward64(self, x: FloatArray) -> FloatArray:
-        """Float64 logits (n, m) of inputs ``x`` (n, *input_shape) on the CPU: the reference pass."""
+        """Float64 logits (n, m) of ``x`` (n, *input_shape) on the CPU: the reference pass."""
         xs = np.asarray(x, dtype=np.float64).reshape((-1, *self.input_shape))
         with torch.no_grad():
             out = self.module(torch.float64)(torch.from_numpy(xs))

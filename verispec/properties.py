@@ -7,7 +7,7 @@ componentwise. That is exactly what VNN-LIB can state. The empty disjunction is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 import numpy as np
@@ -25,7 +25,9 @@ class Clause:
 
     def __attrs_post_init__(self) -> None:
         if self.C.ndim != 2 or self.d.shape != (self.C.shape[0],):
-            raise SpecError(f"Clause: C must be (k, m) and d (k,), got {self.C.shape}, {self.d.shape}")
+            raise SpecError(
+                f"Clause: C must be (k, m) and d (k,), got {self.C.shape}, {self.d.shape}"
+            )
         if not (np.all(np.isfinite(self.C)) and np.all(np.isfinite(self.d))):
             raise SpecError("Clause: coefficients must be finite")
 
@@ -51,11 +53,15 @@ class Clause:
         return y @ self.C.T + self.d
 
 
+def _clauses(value: Iterable[Clause]) -> tuple[Clause, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(eq=False)
 class Predicate:
     """A disjunction of clauses over the logits."""
 
-    clauses: tuple[Clause, ...] = attrs.field(converter=tuple)
+    clauses: tuple[Clause, ...] = attrs.field(converter=_clauses)
 
     def __attrs_post_init__(self) -> None:
         sizes = {c.num_classes for c in self.clauses}
@@ -117,6 +123,10 @@ class Property:
         return self.region.contains(x) and not bool(self.predicate.holds(y.reshape(1, -1))[0])
 
 
+def _properties(value: Iterable[Property]) -> tuple[Property, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(eq=False)
 class Goal:
     """A spec compiled at a point: it holds iff at least one alternative property holds.
@@ -126,7 +136,7 @@ class Goal:
     point itself.
     """
 
-    alternatives: tuple[Property, ...] = attrs.field(converter=tuple)
+    alternatives: tuple[Property, ...] = attrs.field(converter=_properties)
 
     def is_counterexample(self, x: FloatArray, y: FloatArray) -> bool:
         """Whether ``x`` violates every alternative (a single witness refuting the goal)."""

@@ -144,10 +144,12 @@ class Polytope:
 
     def __attrs_post_init__(self) -> None:
         if self.A.ndim != 2 or self.b.shape != (self.A.shape[0],):
-            raise SpecError(f"Polytope: A must be (k, d) and b (k,), got {self.A.shape}, {self.b.shape}")
+            raise SpecError(
+                f"Polytope: A must be (k, d) and b (k,), got {self.A.shape}, {self.b.shape}"
+            )
         if self.box is not None and self.box.lo.size != self.A.shape[1]:
             raise SpecError(
-                f"Polytope: box has {self.box.lo.size} coordinates but A has {self.A.shape[1]} columns"
+                f"Polytope: box has {self.box.lo.size} coordinates, A has {self.A.shape[1]} columns"
             )
 
     def contains(self, x: FloatArray, tol: float = MEMBERSHIP_TOL) -> bool:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -136,6 +136,14 @@ def _from_json_float(value: float | str | None) -> float | None:
     return None if value is None else float(value)
 
 
+def _results(value: Iterable[CheckResult]) -> tuple[CheckResult, ...]:
+    return tuple(value)
+
+
+def _floats(value: Iterable[float]) -> tuple[float, ...]:
+    return tuple(float(v) for v in value)
+
+
 @attrs.frozen(eq=False)
 class Report:
     """The results of one property over a set of points, with summary metrics."""
@@ -143,8 +151,8 @@ class Report:
     property_name: str
     spec: str
     engine: str
-    results: tuple[CheckResult, ...] = attrs.field(converter=tuple)
-    radii: tuple[float, ...] = attrs.field(default=(), converter=tuple)
+    results: tuple[CheckResult, ...] = attrs.field(converter=_results)
+    radii: tuple[float, ...] = attrs.field(default=(), converter=_floats)
     wall_time_s: float = 0.0
 
     @property

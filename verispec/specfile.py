@@ -97,7 +97,9 @@ class _Table:
     def has(self, key: str) -> bool:
         return key in self.raw
 
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, required: bool = False) -> Any:
+    def get(
+        self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, required: bool = False
+    ) -> Any:
         self.used.add(key)
         if key not in self.raw:
             if required or default is ...:
@@ -124,12 +126,23 @@ class _Table:
     def finish(self) -> None:
         unknown = sorted(set(self.raw) - self.used)
         if unknown:
-            raise self.error(unknown[0], f"unknown key (known here: {', '.join(sorted(self.used))})")
+            raise self.error(
+                unknown[0], f"unknown key (known here: {', '.join(sorted(self.used))})"
+            )
 
 
 def _names(kinds: tuple[type, ...]) -> str:
-    return " or ".join({int: "an integer", float: "a number", str: "a string", bool: "a boolean",
-                        list: "a list", dict: "a table"}.get(k, k.__name__) for k in kinds)
+    return " or ".join(
+        {
+            int: "an integer",
+            float: "a number",
+            str: "a string",
+            bool: "a boolean",
+            list: "a list",
+            dict: "a table",
+        }.get(k, k.__name__)
+        for k in kinds
+    )
 
 
 def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
@@ -153,7 +166,7 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
 
     data, domain, file_limit = _data(top, base)
     engine_name, engine_config = _engine(top)
-    radii = ()
+    radii: tuple[float, ...] = ()
     report = top.table("report")
     if report is not None:
         radii = tuple(_numbers(report, "radii", report.get("radii", list)))
@@ -173,8 +186,17 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
         raise top.error("property", f"duplicate property name {sorted(dup)[0]!r}")
     if data is None and any(not isinstance(p.spec, SafeOrdering) for p in props):
         raise top.error("data", "point properties need a [data] table")
-    return SpecFile(file, model_path, network, data, limit if limit is not None else file_limit,
-                    engine_name, engine_config, radii, tuple(props))
+    return SpecFile(
+        file,
+        model_path,
+        network,
+        data,
+        limit if limit is not None else file_limit,
+        engine_name,
+        engine_config,
+        radii,
+        tuple(props),
+    )
 
 
 def _data(top: _Table, base: Path) -> tuple[Dataset | None, tuple[float, float] | None, int | None]:
@@ -186,7 +208,9 @@ def _data(top: _Table, base: Path) -> tuple[Dataset | None, tuple[float, float] 
     try:
         split = Split(split_name)
     except ValueError:
-        raise t.error("split", f"must be one of {[s.value for s in Split]}, got {split_name!r}") from None
+        raise t.error(
+            "split", f"must be one of {[s.value for s in Split]}, got {split_name!r}"
+        ) from None
     limit = t.get("limit", int, None)
     if limit is not None and limit < 1:
         raise t.error("limit", f"must be >= 1, got {limit}")
@@ -216,11 +240,15 @@ def _engine(top: _Table) -> tuple[str, Any]:
         cls = engine_class(name)
     except UnsupportedError as err:
         raise t.error("name", str(err)) from None
-    config = engine_config_from(cls.Config, t.raw, lambda key, msg: t.error(key, msg), skip={"name"})
+    config = engine_config_from(
+        cls.Config, t.raw, lambda key, msg: t.error(key, msg), skip=frozenset({"name"})
+    )
     return name, config
 
 
-def engine_config_from(config_cls: type, raw: dict[str, Any], error: Any, skip: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+def engine_config_from(
+    config_cls: type, raw: dict[str, Any], error: Any, skip: frozenset[str] = frozenset()
+) -> Any:
     """Build an engine's attrs Config from plain values (spec file or CLI), type-checked."""
     fields = {f.name: f for f in attrs.fields(config_cls)}
     kwargs: dict[str, Any] = {}
@@ -240,7 +268,9 @@ def engine_config_from(config_cls: type, raw: dict[str, Any], error: Any, skip: 
         elif isinstance(default, float) and isinstance(value, int):
             value = float(value)
         elif not isinstance(value, type(default)):
-            raise error(key, f"expected {type(default).__name__}, got {type(value).__name__} {value!r}")
+            raise error(
+                key, f"expected {type(default).__name__}, got {type(value).__name__} {value!r}"
+            )
         kwargs[key] = value
     try:
         return config_cls(**kwargs)
@@ -270,7 +300,9 @@ def _class_list(t: _Table, key: str, values: list[Any], m: int) -> list[int]:
     return out
 
 
-def _property(t: _Table, network: Network, data: Dataset | None, domain: tuple[float, float] | None) -> NamedSpec:
+def _property(
+    t: _Table, network: Network, data: Dataset | None, domain: tuple[float, float] | None
+) -> NamedSpec:
     kinds = ("local_robustness", "relaxed_top_k", "affinity", "safe_ordering")
     kind = t.get("kind", str, required=True)
     if kind not in kinds:
@@ -301,7 +333,9 @@ def _property(t: _Table, network: Network, data: Dataset | None, domain: tuple[f
                 groups = []
                 for g in raw_groups:
                     if not isinstance(g, list) or not g:
-                        raise t.error("groups", f"must be a list of non-empty lists of classes, found {g!r}")
+                        raise t.error(
+                            "groups", f"must be a list of non-empty lists of classes, found {g!r}"
+                        )
                     groups.append(_class_list(t, "groups", g, m))
                 spec = Affinity(groups, eps, norm, t.get("allow_overlap", bool, False))
         spec.validate_for(m)
@@ -310,7 +344,9 @@ def _property(t: _Table, network: Network, data: Dataset | None, domain: tuple[f
     return NamedSpec(name or f"{kind}#{t.where.split('[')[-1].rstrip(']')}", spec)
 
 
-def _safe_ordering(t: _Table, network: Network, data: Dataset | None, domain: tuple[float, float] | None) -> SafeOrdering:
+def _safe_ordering(
+    t: _Table, network: Network, data: Dataset | None, domain: tuple[float, float] | None
+) -> SafeOrdering:
     m = network.num_classes
     post = t.get("postcondition", list, required=True)
     if not post:
@@ -320,7 +356,9 @@ def _safe_ordering(t: _Table, network: Network, data: Dataset | None, domain: tu
         if isinstance(clause, str):
             clause = [clause]
         if not isinstance(clause, list) or not clause:
-            raise t.error("postcondition", f"each clause is a non-empty list of 'yA > yB', found {clause!r}")
+            raise t.error(
+                "postcondition", f"each clause is a non-empty list of 'yA > yB', found {clause!r}"
+            )
         pairs = []
         for atom in clause:
             match = _ATOM.match(atom) if isinstance(atom, str) else None
@@ -345,7 +383,9 @@ def _safe_ordering(t: _Table, network: Network, data: Dataset | None, domain: tu
     return SafeOrdering(region, Predicate(tuple(clauses)), predicted_in)
 
 
-def _precondition(t: _Table, network: Network, data: Dataset | None, domain: tuple[float, float] | None) -> Box | Polytope:
+def _precondition(
+    t: _Table, network: Network, data: Dataset | None, domain: tuple[float, float] | None
+) -> Box | Polytope:
     shape = network.input_shape
     size = network.input_size
 
@@ -394,7 +434,9 @@ def _precondition(t: _Table, network: Network, data: Dataset | None, domain: tup
             raise t.error("A", "must be a list of rows (lists of numbers)")
         values = _numbers(t, "A", row)
         if len(values) != size:
-            raise t.error("A", f"rows must have {size} entries (the input size), found {len(values)}")
+            raise t.error(
+                "A", f"rows must have {size} entries (the input size), found {len(values)}"
+            )
         matrix.append(values)
     if len(matrix) != len(b):
         raise t.error("b", f"has {len(b)} entries but A has {len(matrix)} rows")

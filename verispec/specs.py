@@ -30,7 +30,9 @@ __all__ = [
 
 def _positive_finite(instance: object, attribute: attrs.Attribute, value: float) -> None:
     if not (math.isfinite(value) and value > 0):
-        raise SpecError(f"{type(instance).__name__}.{attribute.name} must be > 0 and finite, got {value}")
+        raise SpecError(
+            f"{type(instance).__name__}.{attribute.name} must be > 0 and finite, got {value}"
+        )
 
 
 def _check_logits(logits: FloatArray) -> FloatArray:
@@ -141,6 +143,10 @@ class Affinity:
                 )
 
 
+def _optional_classes(value: Iterable[int] | None) -> frozenset[int] | None:
+    return None if value is None else frozenset(int(v) for v in value)
+
+
 @attrs.frozen(eq=False)
 class SafeOrdering:
     """For all x in the precondition region (optionally: with F(x) in ``predicted_in``), the
@@ -148,9 +154,7 @@ class SafeOrdering:
 
     precondition: Box | Polytope
     postcondition: Predicate
-    predicted_in: frozenset[int] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(frozenset)
-    )
+    predicted_in: frozenset[int] | None = attrs.field(default=None, converter=_optional_classes)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.precondition, Box | Polytope):

@@ -27,7 +27,11 @@ from verispec.network import Network
 def build(hidden: int = 128) -> nn.Sequential:
     """Flatten -> Linear(64, h) -> MinMax -> Linear(h, h) -> MinMax -> Linear(h, 10)."""
     net = nn.Sequential(
-        nn.Flatten(), nn.Linear(64, hidden), MinMax(), nn.Linear(hidden, hidden), MinMax(),
+        nn.Flatten(),
+        nn.Linear(64, hidden),
+        MinMax(),
+        nn.Linear(hidden, hidden),
+        MinMax(),
         nn.Linear(hidden, 10),
     )
     for m in net:
@@ -78,13 +82,22 @@ def main() -> None:
         sched.step()
         if (epoch + 1) % 50 == 0:
             with torch.no_grad():
-                acc = (net(torch.tensor(test.x, dtype=torch.float32)).argmax(1).numpy() == test.y).mean()
+                acc = (
+                    net(torch.tensor(test.x, dtype=torch.float32)).argmax(1).numpy() == test.y
+                ).mean()
             print(f"epoch {epoch + 1}: loss {loss.item():.3f} test acc {acc:.3f}")
     network = Network.from_torch(net, (1, 8, 8))
-    meta = {"trained_by": "specs/models/train_digits.py", "epochs": args.epochs,
-            "train_eps": args.eps, "norm": "l2", "seed": args.seed, "data": "sklearn:digits[train]"}
+    meta = {
+        "trained_by": "specs/models/train_digits.py",
+        "epochs": args.epochs,
+        "train_eps": args.eps,
+        "norm": "l2",
+        "seed": args.seed,
+        "data": "sklearn:digits[train]",
+    }
     save_model(network, args.out, meta)
-    print(f"saved {args.out}: test accuracy {np.mean(network.forward64(test.x).argmax(1) == test.y):.3f}")
+    acc = np.mean(network.forward64(test.x).argmax(1) == test.y)
+    print(f"saved {args.out}: test accuracy {acc:.3f}")
 
 
 if __name__ == "__main__":

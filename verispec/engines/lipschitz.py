@@ -58,7 +58,9 @@ class LayerBound:
     linf_to_l2: float | None
 
 
-def _folded_weight(layer: Dense | Conv2d, norm_layer: Normalize | None, in_shape: tuple[int, ...]) -> FloatArray:
+def _folded_weight(
+    layer: Dense | Conv2d, norm_layer: Normalize | None, in_shape: tuple[int, ...]
+) -> FloatArray:
     """The layer's weight with a preceding normalisation's 1/std folded in."""
     if norm_layer is None:
         return layer.weight
@@ -83,23 +85,38 @@ def layer_bounds(network: Network, upto: int, fold: bool = True) -> list[LayerBo
             continue
         if isinstance(layer, Dense):
             w = _folded_weight(layer, pending, network.shapes[i - 1] if pending else in_shape)
-            out.append(LayerBound(i, layer.kind, opnorm.dense_l2_bound(w), opnorm.dense_linf_to_l2_bound(w)))
+            out.append(
+                LayerBound(
+                    i, layer.kind, opnorm.dense_l2_bound(w), opnorm.dense_linf_to_l2_bound(w)
+                )
+            )
         elif isinstance(layer, Conv2d):
             w = _folded_weight(layer, pending, in_shape)
             hw = (in_shape[1], in_shape[2])
-            out.append(LayerBound(
-                i, layer.kind,
-                opnorm.conv2d_l2_bound(w, layer.stride, layer.padding, hw),
-                opnorm.conv2d_linf_to_l2_bound(w, layer.stride, layer.padding, hw),
-            ))
+            out.append(
+                LayerBound(
+                    i,
+                    layer.kind,
+                    opnorm.conv2d_l2_bound(w, layer.stride, layer.padding, hw),
+                    opnorm.conv2d_linf_to_l2_bound(w, layer.stride, layer.padding, hw),
+                )
+            )
         elif isinstance(layer, Normalize):
             scale = np.abs(layer.scale(in_shape))
-            out.append(LayerBound(i, layer.kind, float(scale.max()) * (1 + opnorm.ROUNDING_ALLOWANCE),
-                                  float(np.linalg.norm(scale)) * (1 + opnorm.ROUNDING_ALLOWANCE)))
+            out.append(
+                LayerBound(
+                    i,
+                    layer.kind,
+                    float(scale.max()) * (1 + opnorm.ROUNDING_ALLOWANCE),
+                    float(np.linalg.norm(scale)) * (1 + opnorm.ROUNDING_ALLOWANCE),
+                )
+            )
         elif isinstance(layer, AvgPool2d):
             l2 = opnorm.avgpool2d_l2_bound(layer.kernel, layer.stride)
             in_size, out_size = int(np.prod(in_shape)), int(np.prod(network.shapes[i + 1]))
-            out.append(LayerBound(i, layer.kind, l2, min(math.sqrt(out_size), math.sqrt(in_size) * l2)))
+            out.append(
+                LayerBound(i, layer.kind, l2, min(math.sqrt(out_size), math.sqrt(in_size) * l2))
+            )
         elif isinstance(layer, _ONE_LIPSCHITZ):
             out.append(LayerBound(i, layer.kind, 1.0, None))
         else:  # pragma: no cover - the IR admits no other layer; never default to 1
@@ -123,8 +140,10 @@ class LipschitzBounds:
         c = np.atleast_2d(c)
         if self.head is None:
             return np.linalg.norm(c, axis=1) * self.body
-        return np.linalg.norm(c @ self.head, ord=self.head_dual_q, axis=1) * self.body * (
-            1 + opnorm.ROUNDING_ALLOWANCE
+        return (
+            np.linalg.norm(c @ self.head, ord=self.head_dual_q, axis=1)
+            * self.body
+            * (1 + opnorm.ROUNDING_ALLOWANCE)
         )
 
     def pairwise(self) -> FloatArray:
@@ -154,7 +173,7 @@ def network_lipschitz(network: Network, norm: Norm) -> LipschitzBounds:
         if head is None:
             body, q = math.sqrt(network.input_size), 2.0
     else:
-        body = first_linear.linf_to_l2 * math.prod(
+        body = (first_linear.linf_to_l2 or math.inf) * math.prod(
             b.l2 for b in body_bounds if b.index > first_linear.index
         )
     return LipschitzBounds(norm, tuple(bounds), body, head, q)
@@ -231,7 +250,9 @@ class LipschitzEngine:
             return [self._check_safe_ordering(network, spec)]
         xs = np.asarray(xs, dtype=np.float64)
         if xs.shape[1:] != network.input_shape:
-            raise SpecError(f"points have shape {xs.shape[1:]}, the network expects {network.input_shape}")
+            raise SpecError(
+                f"points have shape {xs.shape[1:]}, the network expects {network.input_shape}"
+            )
         if not np.all(np.isfinite(xs)):
             raise SpecError("points contain NaN or infinity")
         pair_k = self.bounds(network, spec.norm).pairwise()
@@ -244,21 +265,27 @@ class LipschitzEngine:
             per_point = (time.perf_counter() - start) / max(1, sl.stop - sl.start)
             for row, (ok, radius, detail) in enumerate(verdicts):
                 i = sl.start + row
-                results.append(CheckResult(
-                    verdict=Verdict.CERTIFIED if ok else Verdict.UNKNOWN,
-                    engine=self.name,
-                    predicted=int(np.argmax(logits[row])),
-                    label=None if labels is None else int(labels[i]),
-                    radius=radius,
-                    guarantee=GuaranteeKind.DETERMINISTIC,
-                    time_s=per_point,
-                    detail=detail,
-                ))
+                results.append(
+                    CheckResult(
+                        verdict=Verdict.CERTIFIED if ok else Verdict.UNKNOWN,
+                        engine=self.name,
+                        predicted=int(np.argmax(logits[row])),
+                        label=None if labels is None else int(labels[i]),
+                        radius=radius,
+                        guarantee=GuaranteeKind.DETERMINISTIC,
+                        time_s=per_point,
+                        detail=detail,
+                    )
+                )
         return self._falsify_trivial(network, spec, xs, results, domain)
 
     # -- point specifications ----------------------------------------------------------------
     def _falsify_trivial(
-        self, network: Network, spec: Spec, xs: FloatArray, results: list[CheckResult],
+        self,
+        network: Network,
+        spec: Spec,
+        xs: FloatArray,
+        results: list[CheckResult],
         domain: Box | None,
     ) -> list[CheckResult]:
         """An affinity spec whose predicted class is in no group fails at x itself."""
@@ -269,8 +296,12 @@ class LipschitzEngine:
             if r.verdict is Verdict.UNKNOWN and not spec.groups_of(int(r.predicted or 0)):
                 y = network.forward64(x[None])[0]
                 if spec.at(x, y, domain).is_counterexample(x, y):
-                    r = attrs.evolve(r, verdict=Verdict.FALSIFIED, counterexample=x,
-                                     detail="predicted class is in no group")
+                    r = attrs.evolve(
+                        r,
+                        verdict=Verdict.FALSIFIED,
+                        counterexample=x,
+                        detail="predicted class is in no group",
+                    )
             out.append(r)
         return out
 
@@ -284,8 +315,13 @@ class LipschitzEngine:
             raise UnsupportedError("unbounded precondition")
         witness = _sample_violation(network, prop.predicate, region, box, self.config)
         if witness is not None:
-            return CheckResult(Verdict.FALSIFIED, self.name, time_s=time.perf_counter() - start,
-                               detail="sampled counterexample", counterexample=witness)
+            return CheckResult(
+                Verdict.FALSIFIED,
+                self.name,
+                time_s=time.perf_counter() - start,
+                detail="sampled counterexample",
+                counterexample=witness,
+            )
         centre = box.center
         logits, err = self._forward(network)(centre[None])
         radius_l2 = box.l2_radius
@@ -306,7 +342,10 @@ class LipschitzEngine:
 
 
 def _sample_violation(
-    network: Network, predicate: Predicate, region: Box | Polytope, box: Box,
+    network: Network,
+    predicate: Predicate,
+    region: Box | Polytope,
+    box: Box,
     config: LipschitzConfig,
 ) -> FloatArray | None:
     """A point of the region (centre, then seeded uniform samples) violating the predicate,
@@ -324,7 +363,9 @@ def _sample_violation(
 
 
 def _decide(
-    spec: LocalRobustness | RelaxedTopK | Affinity, logits: FloatArray, err: FloatArray,
+    spec: LocalRobustness | RelaxedTopK | Affinity,
+    logits: FloatArray,
+    err: FloatArray,
     pair_k: FloatArray,
 ) -> list[tuple[bool, float, str]]:
     """(certified, radius, detail) per point from logits (n, m) and error bounds (n,)."""
@@ -340,7 +381,9 @@ def _decide(
         radius[rows, c] = np.inf
         r = np.where(finite, radius.min(axis=1), 0.0)
         return [(bool(ri > spec.eps), float(ri), "") for ri in r]
-    ratio = _ratio(logits[:, :, None] - logits[:, None, :] - SQRT2 * err[:, None, None], pair_k[None])
+    ratio = _ratio(
+        logits[:, :, None] - logits[:, None, :] - SQRT2 * err[:, None, None], pair_k[None]
+    )
     ranks = np.empty_like(order)
     ranks[rows[:, None], order] = np.arange(m)[None, :]
     best = np.zeros(n)
@@ -367,7 +410,10 @@ def _decide(
                 best = np.where(better, r, best)
                 for p in np.flatnonzero(better):
                     detail[p] = f"group={sorted(group)} kappa={kappa}"
-    return [(bool(b > spec.eps), float(b), d if b > spec.eps else "") for b, d in zip(best, detail, strict=True)]
+    return [
+        (bool(b > spec.eps), float(b), d if b > spec.eps else "")
+        for b, d in zip(best, detail, strict=True)
+    ]
 
 
 def _ratio(low: FloatArray, k: FloatArray) -> FloatArray:

@@ -64,7 +64,9 @@ def _exact_convolutions(device: torch.device) -> Iterator[None]:
         return
     cudnn = torch.backends.cudnn
     with cudnn.flags(
-        enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+        enabled=cudnn.enabled,
+        benchmark=cudnn.benchmark,
+        deterministic=cudnn.deterministic,
         allow_tf32=False,
     ):
         yield
@@ -87,18 +89,29 @@ def layer_error_constants(network: Network, lips: list[float]) -> list[_LayerErr
     for i, layer in enumerate(network.layers):
         in_shape, out_shape = network.shapes[i], network.shapes[i + 1]
         if isinstance(layer, Dense):
-            out.append(_LayerError(lips[i], opnorm.dense_abs_l2_bound(layer.weight),
-                                   layer.weight.shape[1], float(np.linalg.norm(layer.bias)), "affine"))
+            out.append(
+                _LayerError(
+                    lips[i],
+                    opnorm.dense_abs_l2_bound(layer.weight),
+                    layer.weight.shape[1],
+                    float(np.linalg.norm(layer.bias)),
+                    "affine",
+                )
+            )
         elif isinstance(layer, Conv2d):
-            co, ci, kh, kw = layer.weight.shape
-            absn = opnorm.conv2d_abs_l2_bound(layer.weight, layer.stride, layer.padding,
-                                              (in_shape[1], in_shape[2]))
+            _, ci, kh, kw = layer.weight.shape
+            absn = opnorm.conv2d_abs_l2_bound(
+                layer.weight, layer.stride, layer.padding, (in_shape[1], in_shape[2])
+            )
             bias = float(np.linalg.norm(layer.bias)) * math.sqrt(out_shape[1] * out_shape[2])
             out.append(_LayerError(lips[i], absn, ci * kh * kw, bias, "affine"))
         elif isinstance(layer, Normalize):
-            shift = np.broadcast_to((layer.mean / layer.std).reshape((-1,) + (1,) * (len(in_shape) - 1)),
-                                    in_shape)
-            out.append(_LayerError(lips[i], bias_norm=float(np.linalg.norm(shift)), kind="normalize"))
+            shift = np.broadcast_to(
+                (layer.mean / layer.std).reshape((-1,) + (1,) * (len(in_shape) - 1)), in_shape
+            )
+            out.append(
+                _LayerError(lips[i], bias_norm=float(np.linalg.norm(shift)), kind="normalize")
+            )
         elif isinstance(layer, AvgPool2d):
             k = layer.kernel[0] * layer.kernel[1]
             out.append(_LayerError(lips[i], lips[i], k, 0.0, "pool"))
@@ -130,7 +143,9 @@ class RoundoffForward:
         """x (n, *input_shape) float64 -> (logits (n, m) float64, error bound E (n,) float64)."""
         x64 = torch.from_numpy(np.array(x, dtype=np.float64)).reshape((-1, *self.input_shape))
         h = x64.to(self.device).to(self.dtype)
-        err = torch.linalg.vector_norm((h.to(torch.float64) - x64.to(self.device)).flatten(1), dim=1)
+        err = torch.linalg.vector_norm(
+            (h.to(torch.float64) - x64.to(self.device)).flatten(1), dim=1
+        )
         u = self.u
         with torch.no_grad(), _exact_convolutions(self.device):
             for layer, c in zip(self.module, self.constants, strict=True):
