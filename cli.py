@@ -187,5 +187,198 @@ def info(model: str, debug: bool) -> None:
     _guard(debug, run)
 
 
+def _parse_groups(text: str | None) -> list[list[int]] | None:
+    """ "1,7;3,5,8,9" -> [[1, 7], [3, 5, 8, 9]]."""
+    if text is None:
+        return None
+    try:
+        return [[int(c) for c in part.split(",")] for part in text.split(";") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"groups look like '1,7;3,5,8', got {text!r}") from None
+
+
+@main.command()
+@click.option(
+    "--data",
+    "source",
+    default="sklearn:digits",
+    show_default=True,
+    help="data source, as in spec files (train split to fit, test split to evaluate)",
+)
+@click.option(
+    "--arch",
+    default="minmax-mlp",
+    show_default=True,
+    help="minmax-mlp | 2c2f | 4c3f | 6c2f | liresnet",
+)
+@click.option("--width", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--depth", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option(
+    "--cholesky-head", is_flag=True, help="liresnet: add a Cholesky-orthogonal dense layer"
+)
+@click.option(
+    "--loss",
+    type=click.Choice(["gloro", "trades", "emma", "ce"]),
+    default="gloro",
+    show_default=True,
+)
+@click.option(
+    "--eps",
+    type=click.FloatRange(min=0),
+    default=0.3,
+    show_default=True,
+    help="l2 radius to train and evaluate for",
+)
+@click.option("--norm", type=click.Choice(["l2"]), default="l2", show_default=True)
+@click.option(
+    "--eps-ramp",
+    type=click.Choice(["linear", "log", "cosine", "constant"]),
+    default="linear",
+    show_default=True,
+)
+@click.option(
+    "--eps-start",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="warm-up starts at this fraction of eps",
+)
+@click.option(
+    "--eps-warmup",
+    type=click.FloatRange(0, 1),
+    default=0.3,
+    show_default=True,
+    help="fraction of training to reach the full eps",
+)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--lr-warmup", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option(
+    "--lr-final",
+    type=click.FloatRange(0, 1),
+    default=0.01,
+    show_default=True,
+    help="final learning rate as a fraction of --lr (cosine decay)",
+)
+@click.option(
+    "--trades-lambda",
+    type=(float, float),
+    default=(1.0, 1.0),
+    show_default=True,
+    help="TRADES weight: start and end of a linear schedule",
+)
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="relaxed top-k GloRo loss")
+@click.option("--groups", default=None, help="affinity GloRo loss, e.g. '1,7;3,5,8,9'")
+@click.option(
+    "--noise",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Gaussian noise sigma added to inputs (base classifiers for smoothing)",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option(
+    "--eval-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="evaluate VRA on the first N test points each epoch",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="model file to write (a JSON training log is written beside it)",
+)
+@click.option("--debug", is_flag=True, help="show tracebacks")
+def train(**opts: Any) -> None:
+    """Train a certifiably robust model and save it with its sound Lipschitz constant."""
+
+    def run() -> None:
+        from verispec.data import Split, load_data
+        from verispec.engines.base import resolve_device
+        from verispec.modelfile import save_model
+        from verispec.network import Network
+        from verispec.regions import Norm
+        from verispec.train import (
+            Arch,
+            ArchConfig,
+            EpsSchedule,
+            LambdaSchedule,
+            LossKind,
+            LrSchedule,
+            Ramp,
+            TrainConfig,
+        )
+        from verispec.train import train as run_training
+
+        resolve_device(opts["device"])
+        cfg = TrainConfig(
+            arch=ArchConfig(
+                Arch.parse(opts["arch"]), opts["width"], opts["depth"], opts["cholesky_head"]
+            ),
+            loss=LossKind(opts["loss"]),
+            eps=EpsSchedule(
+                opts["eps"], Ramp(opts["eps_ramp"]), opts["eps_start"], opts["eps_warmup"]
+            ),
+            lr=LrSchedule(opts["lr"], opts["lr_warmup"], opts["lr_final"]),
+            trades_lambda=LambdaSchedule(*opts["trades_lambda"]),
+            epochs=opts["epochs"],
+            batch_size=opts["batch_size"],
+            seed=opts["seed"],
+            device=opts["device"],
+            norm=Norm.parse(opts["norm"]),
+            top_k=opts["top_k"],
+            groups=_parse_groups(opts["groups"]),
+            noise=opts["noise"],
+            eval_limit=opts["eval_limit"],
+        )
+        train_data = load_data(opts["source"], Split.TRAIN)
+        test_data = load_data(opts["source"], Split.TEST)
+        click.echo(
+            f"training {opts['arch']} on {train_data.name} ({len(train_data)} points), "
+            f"evaluating on {test_data.name} ({len(test_data)} points)"
+        )
+        header = f"{'epoch':>5} {'loss':>8} {'eps':>6} {'clean':>6} {'VRA':>6} {'K est':>9} {'K sound':>9} {'s':>6}"
+        click.echo(header)
+
+        def show(e: Any) -> None:
+            click.echo(
+                f"{e.epoch:>5} {e.loss:>8.4f} {e.eps:>6.3f} {e.clean_accuracy:>6.3f} "
+                f"{e.vra:>6.3f} {e.k_estimate:>9.4g} {e.k_sound:>9.4g} {e.seconds:>6.1f}"
+            )
+
+        model, log = run_training(cfg, train_data, test_data, on_epoch=show)
+        network = Network.from_torch(model.cpu(), tuple(train_data.x.shape[1:]))
+        final = log[-1]
+        meta = {
+            "training": cfg.to_dict(),
+            "data": opts["source"],
+            "sound_k_l2": final.k_sound,
+            "clean_accuracy": final.clean_accuracy,
+            "vra": final.vra,
+            "eps": opts["eps"],
+        }
+        save_model(network, opts["out_path"], meta)
+        log_path = Path(opts["out_path"]).with_suffix(".log.json")
+        log_path.write_text(
+            json.dumps({"config": cfg.to_dict(), "epochs": [attrs_dict(e) for e in log]}, indent=1)
+        )
+        click.echo(
+            f"wrote {opts['out_path']} and {log_path}: clean {final.clean_accuracy:.3f}, "
+            f"VRA {final.vra:.3f} at l2 eps {opts['eps']:g} (sound K {final.k_sound:.4g})"
+        )
+
+    _guard(opts["debug"], run)
+
+
+def attrs_dict(obj: Any) -> dict[str, Any]:
+    import attrs
+
+    return attrs.asdict(obj)
+
+
 if __name__ == "__main__":
     main()

@@ -9,6 +9,9 @@ Sources (the same strings in spec files and on the command line):
 - ``idx:IMAGES,LABELS``: MNIST IDX files (gzip or not); pixels scaled by 1/255.
 - ``csv:PATH``: one example per line, pixel values then the label (gzip or not); scaled by 1/255
   when any value exceeds 1.
+- ``mnist:DIR``: the MNIST protocol of ``../shared/data/README.md`` (the 60k training split is
+  not available): train = ``mnist_train_5k.csv.gz`` plus the first 8,000 images of
+  ``t10k-images-idx3-ubyte.gz``; test = the last 2,000 test images; pixels in [0, 1].
 """
 
 from __future__ import annotations
@@ -165,6 +168,26 @@ def _npz(spec: str, base: Path, split: Split) -> Dataset:
     )
 
 
+MNIST_TEST_HOLDOUT = 2000
+
+
+def _mnist(spec: str, base: Path, split: Split) -> Dataset:
+    root = base / spec
+    t10k = _idx("t10k-images-idx3-ubyte.gz,t10k-labels-idx1-ubyte.gz", root, Split.ALL)
+    cut = len(t10k) - MNIST_TEST_HOLDOUT
+    name = f"mnist:{spec}"
+    if split is Split.TEST:
+        return Dataset(t10k.x[cut:], t10k.y[cut:], f"{name}[test]", (0.0, 1.0))
+    extra = _csv("mnist_train_5k.csv.gz", root, Split.ALL)
+    x = np.concatenate([extra.x, t10k.x[:cut]])
+    y = np.concatenate([extra.y, t10k.y[:cut]])
+    if split is Split.TRAIN:
+        return Dataset(x, y, f"{name}[train]", (0.0, 1.0))
+    return Dataset(
+        np.concatenate([x, t10k.x[cut:]]), np.concatenate([y, t10k.y[cut:]]), name, (0.0, 1.0)
+    )
+
+
 def _require_all(split: Split, name: str) -> None:
     if split is not Split.ALL:
         raise DataError(f"{name} has no train/test split: use split = 'all'")
@@ -180,7 +203,7 @@ def load_data(source: str, split: Split = Split.TEST, base_dir: str | Path = "."
         if rest != "digits":
             raise DataError(f"unknown scikit-learn dataset {rest!r}: only 'sklearn:digits'")
         return _digits(split)
-    loaders = {"npz": _npz, "idx": _idx, "csv": _csv}
+    loaders = {"npz": _npz, "idx": _idx, "csv": _csv, "mnist": _mnist}
     if scheme not in loaders:
         raise DataError(
             f"unknown data scheme {scheme!r} in {source!r}: use sklearn, npz, idx or csv"

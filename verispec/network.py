@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import numpy as np
@@ -254,8 +254,23 @@ def _walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
         yield prefix or "<root>", module
 
 
+class ExportsIR(Protocol):
+    """A torch module that states its own exact IR: ``verispec_layers()`` returns IR layers
+    computing the same function (e.g. a residual block folded into one convolution)."""
+
+    def verispec_layers(self) -> list[Layer]: ...
+
+
+def layers_from_torch(module: nn.Module, where: str) -> list[Layer]:
+    """The IR layers for one torch module (none for layers that are the identity at eval time)."""
+    if hasattr(module, "verispec_layers"):
+        return list(module.verispec_layers())
+    layer = layer_from_torch(module, where)
+    return [] if layer is None else [layer]
+
+
 def layer_from_torch(module: nn.Module, where: str) -> Layer | None:
-    """The IR layer for one torch module (None for layers that are the identity at eval time)."""
+    """The IR layer for one standard torch module (None for the identity at eval time)."""
     if isinstance(module, nn.Identity | nn.Dropout):
         return None
     if isinstance(module, nn.Linear):
@@ -338,8 +353,8 @@ class Network:
     @classmethod
     def from_torch(cls, module: nn.Module, input_shape: Shape) -> Network:
         """IR of a torch ``Sequential`` (nested allowed) or of a single supported layer."""
-        found = [layer_from_torch(m, where) for where, m in _walk(module, "")]
-        return cls(tuple(layer for layer in found if layer is not None), input_shape)
+        found = [layer for where, m in _walk(module, "") for layer in layers_from_torch(m, where)]
+        return cls(tuple(found), input_shape)
 
     @property
     def num_classes(self) -> int:
