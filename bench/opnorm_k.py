@@ -10,7 +10,10 @@ exact norm is the largest singular value of the explicit operator (computed sepa
 smaller Gram matrix and a dense symmetric eigensolver; this takes a minute or two and is not
 counted in the K time).
 
-Run: python bench/opnorm_k.py [--seed S] [--repeat R] [--skip-exact]
+Run: python bench/opnorm_k.py [--seed S] [--repeat R] [--skip-exact] [--threads T]
+
+Timings are wall-clock; on a shared 2-core machine, oversubscribed BLAS/OpenMP threads can make
+them several times slower (``--threads 1`` avoids the spin-waiting).
 """
 
 from __future__ import annotations
@@ -46,27 +49,35 @@ def build_layers(seed: int) -> list[tuple[str, nn.Module, tuple[int, int] | None
 
 
 def weights(layers: list[tuple[str, nn.Module, tuple[int, int] | None]]) -> list[np.ndarray]:
-    return [m.weight.detach().to(torch.float64).numpy().copy() for _, m, _ in layers]
+    out = []
+    for _, module, _ in layers:
+        assert isinstance(module, (nn.Conv2d, nn.Linear))
+        out.append(module.weight.detach().to(torch.float64).numpy().copy())
+    return out
 
 
 def layer_bound(module: nn.Module, w: np.ndarray, hw: tuple[int, int] | None) -> float:
     if hw is None:
         return opnorm.dense_l2_bound(w)
     assert isinstance(module, nn.Conv2d)
-    return opnorm.conv2d_l2_bound(
-        w, module.stride, module.padding, hw, method=opnorm.ConvBoundMethod.AUTO
-    )
+    stride, padding = _pair(module.stride), _pair(module.padding)
+    return opnorm.conv2d_l2_bound(w, stride, padding, hw, method=opnorm.ConvBoundMethod.AUTO)
+
+
+def _pair(value: object) -> tuple[int, int]:
+    assert isinstance(value, tuple) and len(value) == 2
+    return int(value[0]), int(value[1])
 
 
 def exact_conv_norm(module: nn.Conv2d, w: np.ndarray, hw: tuple[int, int]) -> float:
     """Largest singular value of the explicit conv operator (via the smaller Gram matrix)."""
     k = torch.from_numpy(w)
     c_out, c_in = w.shape[0], w.shape[1]
-    stride, padding = module.stride, module.padding
+    stride, padding = _pair(module.stride), _pair(module.padding)
     in_shape = (c_in, *hw)
-    ho, wo = F.conv2d(torch.zeros(1, *in_shape, dtype=torch.float64), k, None, stride, padding).shape[
-        2:
-    ]
+    ho, wo = F.conv2d(
+        torch.zeros(1, *in_shape, dtype=torch.float64), k, None, stride, padding
+    ).shape[2:]
     n_in, n_out = c_in * hw[0] * hw[1], c_out * ho * wo
 
     def fwd(x: torch.Tensor) -> torch.Tensor:
@@ -97,27 +108,40 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="timed repetitions of K")
     parser.add_argument("--skip-exact", action="store_true", help="only time K")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch/BLAS threads (default: leave as is)"
+    )
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+        try:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=args.threads)
+        except ImportError:
+            pass
 
     layers = build_layers(args.seed)
     ws = weights(layers)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, seed {args.seed}")
 
-    times, per_layer = [], np.zeros(len(layers))
+    times, cpu_times, per_layer = [], [], np.zeros(len(layers))
     bounds: list[float] = []
     for _ in range(args.repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         bounds = []
         for i, ((_, module, hw), w) in enumerate(zip(layers, ws, strict=True)):
             t1 = time.perf_counter()
             bounds.append(layer_bound(module, w, hw))
             per_layer[i] += time.perf_counter() - t1
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     per_layer /= args.repeat
     k_total = math.prod(bounds)
     print(
         f"K = {k_total:.6g}; time to compute K: first {times[0]:.3f} s, "
-        f"best {min(times):.3f} s, mean {np.mean(times):.3f} s over {args.repeat} runs"
+        f"best {min(times):.3f} s, mean {np.mean(times):.3f} s over {args.repeat} runs "
+        f"(CPU time, all threads: mean {np.mean(cpu_times):.3f} s)"
     )
 
     header = f"{'layer':28s} {'bound':>11s} {'t_bound':>8s}"

@@ -263,8 +263,9 @@ class ExportsIR(Protocol):
 
 def layers_from_torch(module: nn.Module, where: str) -> list[Layer]:
     """The IR layers for one torch module (none for layers that are the identity at eval time)."""
-    if hasattr(module, "verispec_layers"):
-        return list(module.verispec_layers())
+    export = getattr(module, "verispec_layers", None)
+    if callable(export):
+        return list(export())
     layer = layer_from_torch(module, where)
     return [] if layer is None else [layer]
 

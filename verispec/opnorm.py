@@ -22,7 +22,14 @@ Dense layers (``dense_l2_bound``)
 Convolutions, EXPLICIT
     The operator matrix is built by applying ``conv2d`` (float64) to the identity basis. Each entry
     is a single kernel weight or zero (a sum of one exact product ``w * 1.0`` and exact zeros), so
-    the matrix is exact; its norm is bounded as for dense layers.
+    the matrix is exact; its norm is bounded as for dense layers. Above ``_EXPLICIT_MAX_ENTRIES``
+    the smaller Gram matrix is formed without the matrix, as ``conv^T(conv(e_i))`` (or
+    ``conv(conv^T(e_i))``) on basis vectors: the inner factor is again exact and the outer one
+    sums at most ``max(in, out)`` products per entry, so the dense error analysis applies.
+
+Convolutions, AUTO
+    EXPLICIT when ``in_dim * out_dim <= 4e6`` or the Gram route is cheap (``_explicit_cost``, e.g.
+    a single input channel), else FFT.
 
 Convolutions, FFT (circulant embedding + polyphase + Gram iteration)
     Work per axis (the 2-D operator is the tensor product of the per-axis index maps). Let the
@@ -35,10 +42,12 @@ Convolutions, FFT (circulant embedding + polyphase + Gram iteration)
        let ``C_theta`` be the strided theta-circulant ``z[i] = sum_a K[a] phase(s i + a)
        x~[(s i + a) mod N]`` with ``phase(t) = exp(1j theta floor(t / N))``, ``i < N / s``. For a
        read position ``t < R`` outside ``[p, p + H)``: if ``t < p`` then ``t + N >= p + H``, and if
-       ``t >= p + H`` then ``t - N < p``; so ``(t mod N)`` is never a data position and every read
-       equals ``x_pad[t]`` (the phase only ever multiplies zeros). Hence ``conv = P C_theta E``
-       with ``P`` the coordinate projection onto ``i < Ho`` (a contraction), and
-       ``||conv|| <= ||C_theta||`` (the complex norm of a real matrix equals its real norm).
+       ``t >= p + H`` then ``t - N < R - N <= p``; so ``(t mod N)`` is never a data position and
+       every read equals ``x_pad[t]`` (``t < 2N``, and the phase only ever multiplies zeros).
+       Output rows with ``s i >= N`` read only ``t >= N >= p + H`` (padding): they are zero rows.
+       Hence ``conv = [P C_theta E; 0]`` with ``P`` the coordinate projection onto
+       ``i < min(Ho, N / s)`` (a contraction), and ``||conv|| <= ||C_theta||`` (the complex norm
+       of a real matrix equals its real norm).
     2. Twist. With ``D_in = diag(exp(1j theta t / N))``, ``D_out = diag(exp(1j theta s i / N))``
        (unitary), ``C_theta = D_out C D_in^{-1}`` where ``C`` is the ordinary strided circulant with
        kernel ``K[a] exp(1j theta a / N)``.
@@ -53,12 +62,21 @@ Convolutions, FFT (circulant embedding + polyphase + Gram iteration)
        a valid bound, so we search ``M_d`` in a small range and ``theta_d in {0, pi}`` (both keep
        the grid symmetric under ``w -> -w``, and ``B(-w) = conj B(w)`` halves the work) and keep the
        smallest. The search only selects a grid; the returned number is the proven bound for it.
+       (With only ``q`` taps per axis the DFT is evaluated directly as the trigonometric sum; a
+       zero-padded FFT of the kernel gives the same numbers.)
     5. Gram iteration (Delattre et al., ICML 2023). For any matrix ``G_0`` and
        ``G_{t+1} = G_t^H G_t``: ``sigma_max(G_t) = sigma_max(G_0)**(2**t) <= ||G_t||_F``. We start
        from ``G_0 = B B^H`` (or ``B^H B``, the smaller side ``r``) evaluated as the trigonometric
        polynomial ``sum_d R_d exp(1j d.w)`` with ``R_d = sum_{a - b = d} K'_a K'_b^T``, rescale by
-       the Frobenius norm every step and track the scale in log space. Blocks whose upper bound is
-       below another block's lower bound ``(||G_t||_F / sqrt(r))**(1/2**t)`` are dropped.
+       the Frobenius norm every step and track the scale in log space. Blocks that provably cannot
+       attain the maximum are dropped first (an eigensolver screen with the dense error model,
+       then the Gram lower bounds ``(||G_t||_F / sqrt(r))**(1/2**t)``); the returned number is
+       the Gram-iteration bound of the survivors.
+    6. Exact refinements (each gives the same operator, so the proof above applies verbatim):
+       taps that only ever read padding are zeroed, and an axis whose exact treatment is cheap
+       (block side ``<= _FOLD_MAX_SIDE``) is folded into the channels,
+       ``K_f[(o, i), (c, h)] = K[o, c, h + p - s i]``, leaving a size-1 axis (one frequency).
+       This removes the circulant slack on that axis, which is large on tiny inputs.
 
 Rounding for FFT: with ``n`` the larger block side, ``q = q1 q2`` taps and ``D = (2q1-1)(2q2-1)``
 shifts, ``||G~_0 - G_0||_2 <= gamma(n q + D + 8) q ||K||_F**2`` and, by Parseval on a grid with
@@ -126,7 +144,7 @@ _CW_STEPS = 30
 class ConvBoundMethod(enum.Enum):
     """How ``conv2d_l2_bound`` bounds the l2 operator norm of a convolution."""
 
-    AUTO = "auto"  # EXPLICIT when the explicit operator is small, else FFT
+    AUTO = "auto"  # EXPLICIT when the explicit operator is small (or cheap via its Gram), else FFT
     EXPLICIT = "explicit"  # explicit operator matrix (conv applied to the identity), exact
     FFT = "fft"  # circulant embedding + polyphase + Gram iteration
 
@@ -144,7 +162,11 @@ def _gamma(m: float) -> float:
 def _to_array(weight: Any, ndim: int, what: str) -> np.ndarray:
     """``weight`` as a finite float64 numpy array with ``ndim`` dimensions."""
     if isinstance(weight, torch.Tensor):
+        if weight.is_complex():
+            raise ValueError(f"{what}: weight must be real, got a complex tensor")
         weight = weight.detach().to("cpu", torch.float64).numpy()
+    if np.iscomplexobj(weight):
+        raise ValueError(f"{what}: weight must be real, got a complex array")
     try:
         arr = np.asarray(weight, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -275,16 +297,21 @@ def dense_abs_l2_bound(weight: np.ndarray) -> float:
 
 
 def _linf_to_l2_from_matrix(a: np.ndarray) -> float:
-    """min of the three linf->l2 bounds for an explicit (m, n) matrix, allowance applied."""
+    """min of the three linf->l2 bounds for an explicit (m, n) matrix, allowance applied.
+
+    Computed on ``a * 2**-e`` with ``max|a| 2**-e`` in [1/2, 1) (exact; no under/overflow).
+    """
     m, n = a.shape
     if a.size == 0 or not np.any(a):
         return 0.0
+    e = _pow2_exponent(float(np.max(np.abs(a))))
+    scaled = np.ldexp(a, -e)
     budget = _gamma(m + n + 4)
-    row_l1 = np.sum(np.abs(a), axis=1)
-    row_bound = _inflate(math.sqrt(float(np.sum(row_l1 * row_l1))), budget)
-    col_bound = _inflate(float(np.sum(np.sqrt(np.sum(a * a, axis=0)))), budget)
-    spec_bound = _inflate(math.sqrt(n) * _inflate(_top_sv_bound(a)), budget)
-    return min(row_bound, col_bound, spec_bound)
+    row_l1 = np.sum(np.abs(scaled), axis=1)
+    row_bound = math.sqrt(float(np.sum(row_l1 * row_l1)))
+    col_bound = float(np.sum(np.sqrt(np.sum(scaled * scaled, axis=0))))
+    spec_bound = math.sqrt(n) * _inflate(_top_sv_bound(scaled))
+    return _inflate(math.ldexp(min(row_bound, col_bound, spec_bound), e), budget)
 
 
 def dense_linf_to_l2_bound(weight: np.ndarray) -> float:
@@ -333,7 +360,7 @@ def _conv_matrix(
     h, w = input_hw
     out_hw = conv2d_output_hw(input_hw, (k.shape[2], k.shape[3]), stride, padding)
     n_in, n_out = _conv_dims(k, input_hw, out_hw)
-    kt = torch.from_numpy(np.ascontiguousarray(k))
+    kt = torch.tensor(k, dtype=torch.float64)  # a copy: k may be read-only
     out = np.empty((n_in, n_out), dtype=np.float64)
     chunk = max(1, min(n_in, 2_000_000 // (n_out + n_in)))
     with torch.no_grad():
@@ -360,7 +387,7 @@ def _conv_gram(
     ho, wo = conv2d_output_hw(input_hw, (k.shape[2], k.shape[3]), stride, padding)
     n_in, n_out = _conv_dims(k, input_hw, (ho, wo))
     side = min(n_in, n_out)
-    kt = torch.from_numpy(np.ascontiguousarray(k))
+    kt = torch.tensor(k, dtype=torch.float64)
 
     def fwd(x: torch.Tensor) -> torch.Tensor:
         y = F.conv2d(x.reshape(-1, c_in, h, w), kt, stride=stride, padding=padding)
@@ -653,11 +680,11 @@ def _fold_axis(
             h = s * i + a - p
             if 0 <= h < n:
                 folded[:, i, :, h, 0, :] = kt[:, :, a, :]
-    folded = folded.reshape(c_out * n_out, c_in * n, 1, kt.shape[3])
+    kf: np.ndarray = folded.reshape(c_out * n_out, c_in * n, 1, kt.shape[3])
     if axis == 1:
-        folded = folded.transpose(0, 1, 3, 2)
-        return folded, (stride[0], 1), (padding[0], 0), (input_hw[0], 1), (out_hw[0], 1)
-    return folded, (1, stride[1]), (0, padding[1]), (1, input_hw[1]), (1, out_hw[1])
+        kf = np.ascontiguousarray(kf.transpose(0, 1, 3, 2))
+        return kf, (stride[0], 1), (padding[0], 0), (input_hw[0], 1), (out_hw[0], 1)
+    return kf, (1, stride[1]), (0, padding[1]), (1, input_hw[1]), (1, out_hw[1])
 
 
 def _folded_side(k: np.ndarray, stride: tuple[int, int], n: tuple[int, int], axis: int) -> int:
@@ -766,16 +793,18 @@ def conv2d_linf_to_l2_bound(
         return _linf_to_l2_from_matrix(_conv_matrix(k, s, p, hw))
     c_in, h, w = k.shape[1], hw[0], hw[1]
     budget = _gamma(n_in + n_out + k.size + 8)
-    kt = torch.from_numpy(np.ascontiguousarray(k))
+    e = _pow2_exponent(float(np.max(np.abs(k))))  # exact rescaling: no under/overflow below
+    kt = torch.from_numpy(np.ldexp(k, -e))
     with torch.no_grad():
         ones_in = torch.ones(1, c_in, h, w, dtype=torch.float64)
         row_l1 = F.conv2d(ones_in, kt.abs(), stride=s, padding=p)
-        row_bound = _inflate(math.sqrt(float((row_l1 * row_l1).sum())), budget)
+        row_bound = math.sqrt(float((row_l1 * row_l1).sum()))
         ones_out = torch.ones(1, k.shape[0], out_hw[0], out_hw[1], dtype=torch.float64)
         col_sq = torch.nn.grad.conv2d_input((1, c_in, h, w), kt * kt, ones_out, stride=s, padding=p)
-        col_bound = _inflate(float(col_sq.clamp(min=0.0).sqrt().sum()), budget)
+        col_bound = float(col_sq.clamp(min=0.0).sqrt().sum())
+    structural = _inflate(math.ldexp(min(row_bound, col_bound), e), budget)
     spec_bound = _inflate(math.sqrt(n_in) * conv2d_l2_bound(k, s, p, hw), budget)
-    return min(row_bound, col_bound, spec_bound)
+    return min(structural, spec_bound)
 
 
 def _collatz_wielandt_bound(
@@ -783,9 +812,14 @@ def _collatz_wielandt_bound(
 ) -> float:
     """sqrt(max_i (A^T A v)_i / v_i) >= ||A||_2 for the nonnegative conv A = op(k_abs), any v > 0.
 
-    ``v`` is a few power-iteration steps from the all-ones vector, kept strictly positive.
+    ``v`` is a few power-iteration steps from the all-ones vector, kept strictly positive. The
+    kernel is rescaled by a power of two (exact) so that nothing under- or overflows.
     """
-    kt = torch.from_numpy(np.ascontiguousarray(k_abs))
+    amax = float(np.max(k_abs))
+    if amax == 0.0:
+        return 0.0
+    e = _pow2_exponent(amax)
+    kt = torch.from_numpy(np.ldexp(k_abs, -e))
     shape = (1, k_abs.shape[1], input_hw[0], input_hw[1])
 
     def ata(v: torch.Tensor) -> torch.Tensor:
@@ -802,9 +836,10 @@ def _collatz_wielandt_bound(
             v = z / zmax + 1e-3  # strictly positive
         z = ata(v)
         ratio = float((z / v).max())
-    n_in = v.numel()
-    budget = 2.0 * _gamma(2 * (k_abs.size + 4)) + _gamma(n_in)
-    return _inflate(math.sqrt(max(ratio, 0.0)), budget)
+    # z = fl(A^T fl(A v)) sums nonnegative terms: each entry is within a factor (1 + gamma)^2 of
+    # the exact one, covered by the budget.
+    budget = 2.0 * _gamma(2 * (k_abs.size + 4)) + 4.0 * _U
+    return _inflate(math.ldexp(math.sqrt(max(ratio, 0.0)), e), budget)
 
 
 def conv2d_abs_l2_bound(

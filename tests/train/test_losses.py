@@ -51,7 +51,8 @@ def test_emma_margins_by_hand():
     logits = torch.tensor([[3.0, 1.0, 2.5]])
     labels = torch.tensor([0])
     kmat = torch.tensor([[0.0, 4.0, 1.0], [4.0, 0.0, 2.0], [1.0, 2.0, 0.0]])
-    # margins: class 1: 2.0 / K 4 = 0.5 -> clipped to eps 0.3 -> +1.2; class 2: 0.5 / 1 = 0.5 -> 0.3 -> +0.3
+    # class 1: margin 2.0 / K 4 = 0.5, clipped to eps 0.3: +1.2
+    # class 2: margin 0.5 / K 1 = 0.5, clipped to 0.3: +0.3
     out = losses.emma_logits(logits, labels, kmat, 0.3)
     assert torch.allclose(out, torch.tensor([[3.0, 2.2, 2.8]]))
     # with a larger eps the adaptive radius stops at the margin: y_j + margin = y_c

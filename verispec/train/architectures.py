@@ -73,7 +73,9 @@ def _convnet(
         layers += [nn.Linear(features, width), MinMax()]
         features = width
     layers.append(nn.Linear(features, classes))
-    return orthogonal_init(nn.Sequential(*layers))
+    net = nn.Sequential(*layers)
+    orthogonal_init(net)
+    return net
 
 
 def _mlp(cfg: ArchConfig, shape: tuple[int, ...], classes: int) -> nn.Sequential:
@@ -84,7 +86,9 @@ def _mlp(cfg: ArchConfig, shape: tuple[int, ...], classes: int) -> nn.Sequential
         layers += [nn.Linear(features, width), MinMax()]
         features = width
     layers.append(nn.Linear(features, classes))
-    return orthogonal_init(nn.Sequential(*layers))
+    net = nn.Sequential(*layers)
+    orthogonal_init(net)
+    return net
 
 
 def _liresnet(cfg: ArchConfig, shape: tuple[int, ...], classes: int) -> nn.Sequential:

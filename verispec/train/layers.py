@@ -44,7 +44,8 @@ class LiResBlock(nn.Module):
         nn.init.orthogonal_(self.conv.weight)
         with torch.no_grad():
             self.conv.weight.mul_(0.1)
-        nn.init.zeros_(self.conv.bias)
+            if self.conv.bias is not None:
+                self.conv.bias.zero_()
         self.alpha = float(alpha)
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:

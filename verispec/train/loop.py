@@ -48,9 +48,9 @@ class TrainConfig:
 
     arch: ArchConfig
     loss: LossKind = LossKind.GLORO
-    eps: EpsSchedule = EpsSchedule(0.3)
-    lr: LrSchedule = LrSchedule(1e-3)
-    trades_lambda: LambdaSchedule = LambdaSchedule()
+    eps: EpsSchedule = attrs.field(factory=lambda: EpsSchedule(0.3))
+    lr: LrSchedule = attrs.field(factory=lambda: LrSchedule(1e-3))
+    trades_lambda: LambdaSchedule = attrs.field(factory=LambdaSchedule)
     epochs: int = attrs.field(default=10, validator=attrs.validators.ge(1))
     batch_size: int = attrs.field(default=128, validator=attrs.validators.ge(1))
     seed: int = 0
@@ -60,6 +60,7 @@ class TrainConfig:
     groups: tuple[tuple[int, ...], ...] | None = attrs.field(default=None, converter=_groups)
     noise: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
     eval_limit: int | None = None
+    eval_eps: float | None = None  # the radius VRA is reported at (default: the training eps)
 
     def __attrs_post_init__(self) -> None:
         if self.norm is not Norm.L2:
@@ -76,7 +77,8 @@ class TrainConfig:
             if isinstance(value, enum.Enum):
                 return value.value
             if attrs.has(type(value)):
-                return {k: plain(v) for k, v in attrs.asdict(value, recurse=False).items()}
+                names = [f.name for f in attrs.fields(type(value))]  # type: ignore[arg-type]
+                return {n: plain(getattr(value, n)) for n in names}
             if isinstance(value, tuple):
                 return [plain(v) for v in value]
             return value
@@ -186,7 +188,8 @@ def train(
             opt.step()
             total += float(loss.item()) * len(idx)
             seen += len(idx)
-        clean, vra, k_sound = evaluate(model, evals, cfg.eps.eps, input_shape, cfg.device)
+        target = cfg.eps.eps if cfg.eval_eps is None else cfg.eval_eps
+        clean, vra, k_sound = evaluate(model, evals, target, input_shape, cfg.device)
         entry = EpochLog(
             epoch + 1,
             total / seen,
