@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from verispec import opnorm
+import verispec.opnorm as opnorm
 from verispec.data import Split, load_data
 from verispec.engines.lipschitz import LipschitzConfig, LipschitzEngine, network_lipschitz
 from verispec.modelfile import load_model

@@ -24,7 +24,7 @@ import attrs
 import numpy as np
 import torch
 
-from verispec import opnorm
+import verispec.opnorm as opnorm
 from verispec.engines.base import batches, register_engine, resolve_device
 from verispec.engines.roundoff import RoundoffForward
 from verispec.errors import SpecError, UnsupportedError

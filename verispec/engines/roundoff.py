@@ -31,7 +31,7 @@ import attrs
 import numpy as np
 import torch
 
-from verispec import opnorm
+import verispec.opnorm as opnorm
 from verispec.network import AvgPool2d, Conv2d, Dense, Network, Normalize
 from verispec.regions import FloatArray
 
