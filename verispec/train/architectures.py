@@ -58,6 +58,19 @@ def _conv_out(size: int, kernel: int, stride: int, pad: int = 1) -> int:
     return (size + 2 * pad - kernel) // stride + 1
 
 
+def _dense_head(
+    layers: list[nn.Module], features: int, widths: list[int], classes: int
+) -> nn.Sequential:
+    """Append Dense(width) -> MinMax for each width and a final Dense(classes); init orthogonal."""
+    for width in widths:
+        layers += [nn.Linear(features, width), MinMax()]
+        features = width
+    layers.append(nn.Linear(features, classes))
+    net = nn.Sequential(*layers)
+    orthogonal_init(net)
+    return net
+
+
 def _convnet(
     spec: list[tuple[int, int, int]], dense: list[int], shape: tuple[int, ...], classes: int
 ) -> nn.Sequential:
@@ -68,27 +81,12 @@ def _convnet(
         layers += [nn.Conv2d(c, channels, k, stride=s, padding=1), MinMax()]
         c, h, w = channels, _conv_out(h, k, s), _conv_out(w, k, s)
     layers.append(nn.Flatten())
-    features = c * h * w
-    for width in dense:
-        layers += [nn.Linear(features, width), MinMax()]
-        features = width
-    layers.append(nn.Linear(features, classes))
-    net = nn.Sequential(*layers)
-    orthogonal_init(net)
-    return net
+    return _dense_head(layers, c * h * w, dense, classes)
 
 
 def _mlp(cfg: ArchConfig, shape: tuple[int, ...], classes: int) -> nn.Sequential:
     width = cfg.width + cfg.width % 2
-    layers: list[nn.Module] = [nn.Flatten()]
-    features = math.prod(shape)
-    for _ in range(cfg.depth):
-        layers += [nn.Linear(features, width), MinMax()]
-        features = width
-    layers.append(nn.Linear(features, classes))
-    net = nn.Sequential(*layers)
-    orthogonal_init(net)
-    return net
+    return _dense_head([nn.Flatten()], math.prod(shape), [width] * cfg.depth, classes)
 
 
 def _liresnet(cfg: ArchConfig, shape: tuple[int, ...], classes: int) -> nn.Sequential:
