@@ -142,7 +142,7 @@ def check(
                     engine,
                     limit=sf.limit,
                     name=prop.name,
-                    radii=sf.radii,
+                    radii=sf.radii if prop.radii is None else prop.radii,
                     progress=bar.update,
                 )
             reports.append(report)

@@ -14,7 +14,7 @@ Format (paths are relative to the spec file)::
     name = "lipschitz"            # plus that engine's options, e.g. batch_size, device
 
     [report]                      # optional
-    radii = [0.1, 0.3, 0.5]       # certified-accuracy curve
+    radii = [0.1, 0.3, 0.5]       # certified-accuracy curve (a property may set its own radii)
 
     [[property]]
     kind = "local_robustness"     # | relaxed_top_k | affinity | safe_ordering
@@ -54,10 +54,11 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @attrs.frozen
 class NamedSpec:
-    """A property of a spec file: its name and typed spec."""
+    """A property of a spec file: its name, typed spec and (optional) own curve radii."""
 
     name: str
     spec: Spec
+    radii: tuple[float, ...] | None = None
 
 
 @attrs.frozen(eq=False)
@@ -341,7 +342,8 @@ def _property(
         spec.validate_for(m)
     except SpecError as err:
         raise t.error(None, str(err)) from None
-    return NamedSpec(name or f"{kind}#{t.where.split('[')[-1].rstrip(']')}", spec)
+    radii = tuple(_numbers(t, "radii", t.get("radii", list))) if t.has("radii") else None
+    return NamedSpec(name or f"{kind}#{t.where.split('[')[-1].rstrip(']')}", spec, radii)
 
 
 def _safe_ordering(

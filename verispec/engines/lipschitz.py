@@ -263,20 +263,23 @@ class LipschitzEngine:
             logits, err = forward(xs[sl])
             verdicts = _decide(spec, logits, err, pair_k)
             per_point = (time.perf_counter() - start) / max(1, sl.stop - sl.start)
-            for row, (ok, radius, detail) in enumerate(verdicts):
-                i = sl.start + row
-                results.append(
-                    CheckResult(
-                        verdict=Verdict.CERTIFIED if ok else Verdict.UNKNOWN,
-                        engine=self.name,
-                        predicted=int(np.argmax(logits[row])),
-                        label=None if labels is None else int(labels[i]),
-                        radius=radius,
-                        guarantee=GuaranteeKind.DETERMINISTIC,
-                        time_s=per_point,
-                        detail=detail,
-                    )
+            predicted = np.argmax(logits, axis=1).tolist()
+            batch_labels = [None] * len(predicted) if labels is None else labels[sl].tolist()
+            results.extend(
+                CheckResult(
+                    verdict=Verdict.CERTIFIED if ok else Verdict.UNKNOWN,
+                    engine=self.name,
+                    predicted=pred,
+                    label=label,
+                    radius=radius,
+                    guarantee=GuaranteeKind.DETERMINISTIC,
+                    time_s=per_point,
+                    detail=detail,
                 )
+                for (ok, radius, detail), pred, label in zip(
+                    verdicts, predicted, batch_labels, strict=True
+                )
+            )
         return self._falsify_trivial(network, spec, xs, results, domain)
 
     # -- point specifications ----------------------------------------------------------------
