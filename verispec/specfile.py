@@ -5,7 +5,7 @@ Format (paths are relative to the spec file)::
     model = "models/digits_mlp.pt"
 
     [data]                        # needed by point properties
-    source = "sklearn:digits"     # sklearn:digits | npz:PATH | idx:IMGS,LABELS | csv:PATH | mnist:DIR
+    source = "sklearn:digits"     # sklearn:digits | npz:F | idx:IMAGES,LABELS | csv:F | mnist:DIR
     split = "test"                # train | test | all
     domain = [0.0, 1.0]           # optional input domain (default: the source's)
     limit = 500                   # optional: the first N points
