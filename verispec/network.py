@@ -337,6 +337,7 @@ class Network:
     layers: tuple[Layer, ...] = attrs.field(converter=_layers)
     input_shape: Shape = attrs.field(converter=_shape)
     shapes: tuple[Shape, ...] = attrs.field(init=False)
+    _fingerprint: str = attrs.field(init=False, default="", repr=False)
 
     def __attrs_post_init__(self) -> None:
         shapes = [self.input_shape]
@@ -380,7 +381,10 @@ class Network:
         return np.asarray(out.numpy())
 
     def fingerprint(self) -> str:
-        """A hash of the architecture and every weight (cache key for derived constants)."""
+        """A hash of the architecture and every weight (cache key for derived constants);
+        computed once per network (the IR is immutable)."""
+        if self._fingerprint:
+            return self._fingerprint
         h = hashlib.sha256(repr(self.input_shape).encode())
         for layer in self.layers:
             h.update(layer.kind.encode())
@@ -388,7 +392,8 @@ class Network:
             for name, arr in sorted(layer.arrays().items()):
                 h.update(name.encode())
                 h.update(np.ascontiguousarray(arr).tobytes())
-        return h.hexdigest()
+        object.__setattr__(self, "_fingerprint", h.hexdigest())
+        return self._fingerprint
 
     def describe(self) -> list[str]:
         """One line per layer: index, kind, output shape."""
