@@ -264,7 +264,9 @@ class LipschitzEngine:
             verdicts = _decide(spec, logits, err, pair_k)
             per_point = (time.perf_counter() - start) / max(1, sl.stop - sl.start)
             predicted = np.argmax(logits, axis=1).tolist()
-            batch_labels = [None] * len(predicted) if labels is None else labels[sl].tolist()
+            batch_labels = (
+                [None] * len(predicted) if labels is None else np.asarray(labels)[sl].tolist()
+            )
             results.extend(
                 CheckResult(
                     verdict=Verdict.CERTIFIED if ok else Verdict.UNKNOWN,
