@@ -1,5 +1,6 @@
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,3 +56,16 @@ def test_shaped_checks_sizes():
     assert ds.shaped((64,)).x.shape == (len(ds), 64)
     with pytest.raises(DataError, match="expects 65"):
         ds.shaped((65,))
+
+
+MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="the shared MNIST files are not present")
+def test_mnist_protocol_split():
+    train = load_data(f"mnist:{MNIST}", Split.TRAIN)
+    test = load_data(f"mnist:{MNIST}", Split.TEST)
+    assert len(train) == 13000 and len(test) == 2000
+    assert train.x.shape[1:] == (1, 28, 28) and train.x.min() >= 0 and train.x.max() <= 1
+    raw = read_idx(MNIST / "t10k-labels-idx1-ubyte.gz")
+    assert np.array_equal(test.y, raw[-2000:]) and np.array_equal(train.y[5000:], raw[:8000])
