@@ -172,7 +172,7 @@ def info(model: str, debug: bool) -> None:
         l2 = network_lipschitz(network, Norm.L2)
         linf = network_lipschitz(network, Norm.LINF)
         click.echo(f"{model}: input {network.input_shape}, {network.num_classes} classes")
-        for line, bound in zip(network.describe(), l2.layers, strict=True):
+        for line, bound in zip(network.describe(), linf.layers, strict=True):
             extra = "" if bound.linf_to_l2 is None else f"  linf->l2 <= {bound.linf_to_l2:.4g}"
             click.echo(f"{line:<48} l2 Lipschitz <= {bound.l2:.6g}{extra}")
         click.echo(f"K (l2, layers before the last dense layer): {l2.body:.6g}")

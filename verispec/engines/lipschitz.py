@@ -50,12 +50,14 @@ _ONE_LIPSCHITZ = (ReLU, GroupSort, Flatten)
 
 @attrs.frozen
 class LayerBound:
-    """A layer's proven l2 operator-norm bound (and its l_inf -> l2 bound when it is linear)."""
+    """A layer's proven l2 operator-norm bound, whether it is linear, and (for the first linear
+    layer, when asked for) its l_inf -> l2 bound."""
 
     index: int
     kind: str
     l2: float
-    linf_to_l2: float | None
+    linear: bool
+    linf_to_l2: float | None = None
 
 
 def _folded_weight(
@@ -70,37 +72,37 @@ def _folded_weight(
     return layer.weight * inv.reshape(1, -1, 1, 1)
 
 
-def layer_bounds(network: Network, upto: int, fold: bool = True) -> list[LayerBound]:
+def layer_bounds(
+    network: Network, upto: int, fold: bool = True, linf_first: bool = False
+) -> list[LayerBound]:
     """Proven bounds for layers ``0 .. upto - 1``. With ``fold``, a Normalize directly before a
-    dense or conv layer is folded into it (tighter) and reported with l2 = 1."""
+    dense or conv layer is folded into it (tighter) and reported with l2 = 1. With
+    ``linf_first``, the first linear layer also gets its l_inf -> l2 bound."""
     out: list[LayerBound] = []
     pending: Normalize | None = None
     for i in range(upto):
+        want_linf = linf_first and not any(b.linear for b in out)
         layer: Layer = network.layers[i]
         in_shape = network.shapes[i]
         nxt = network.layers[i + 1] if i + 1 < upto else None
         if fold and isinstance(layer, Normalize) and isinstance(nxt, Dense | Conv2d):
             pending = layer
-            out.append(LayerBound(i, layer.kind, 1.0, None))
+            out.append(LayerBound(i, layer.kind, 1.0, linear=False))
             continue
         if isinstance(layer, Dense):
             w = _folded_weight(layer, pending, network.shapes[i - 1] if pending else in_shape)
-            out.append(
-                LayerBound(
-                    i, layer.kind, opnorm.dense_l2_bound(w), opnorm.dense_linf_to_l2_bound(w)
-                )
-            )
+            linf = opnorm.dense_linf_to_l2_bound(w) if want_linf else None
+            out.append(LayerBound(i, layer.kind, opnorm.dense_l2_bound(w), True, linf))
         elif isinstance(layer, Conv2d):
             w = _folded_weight(layer, pending, in_shape)
             hw = (in_shape[1], in_shape[2])
-            out.append(
-                LayerBound(
-                    i,
-                    layer.kind,
-                    opnorm.conv2d_l2_bound(w, layer.stride, layer.padding, hw),
-                    opnorm.conv2d_linf_to_l2_bound(w, layer.stride, layer.padding, hw),
-                )
+            l2 = opnorm.conv2d_l2_bound(w, layer.stride, layer.padding, hw)
+            linf = (
+                opnorm.conv2d_linf_to_l2_bound(w, layer.stride, layer.padding, hw)
+                if want_linf
+                else None
             )
+            out.append(LayerBound(i, layer.kind, l2, True, linf))
         elif isinstance(layer, Normalize):
             scale = np.abs(layer.scale(in_shape))
             out.append(
@@ -108,17 +110,17 @@ def layer_bounds(network: Network, upto: int, fold: bool = True) -> list[LayerBo
                     i,
                     layer.kind,
                     float(scale.max()) * (1 + opnorm.ROUNDING_ALLOWANCE),
+                    True,
                     float(np.linalg.norm(scale)) * (1 + opnorm.ROUNDING_ALLOWANCE),
                 )
             )
         elif isinstance(layer, AvgPool2d):
             l2 = opnorm.avgpool2d_l2_bound(layer.kernel, layer.stride)
             in_size, out_size = int(np.prod(in_shape)), int(np.prod(network.shapes[i + 1]))
-            out.append(
-                LayerBound(i, layer.kind, l2, min(math.sqrt(out_size), math.sqrt(in_size) * l2))
-            )
+            linf = min(math.sqrt(out_size), math.sqrt(in_size) * l2)
+            out.append(LayerBound(i, layer.kind, l2, True, linf))
         elif isinstance(layer, _ONE_LIPSCHITZ):
-            out.append(LayerBound(i, layer.kind, 1.0, None))
+            out.append(LayerBound(i, layer.kind, 1.0, linear=False))
         else:  # pragma: no cover - the IR admits no other layer; never default to 1
             raise UnsupportedError(f"layer {i} ({layer.kind}) has no Lipschitz bound")
         pending = None
@@ -162,9 +164,9 @@ def network_lipschitz(network: Network, norm: Norm) -> LipschitzBounds:
     last = network.layers[-1]
     head = last.weight if isinstance(last, Dense) else None
     body_end = n - 1 if head is not None else n
-    bounds = layer_bounds(network, n)
+    bounds = layer_bounds(network, n, linf_first=norm is Norm.LINF)
     body_bounds = bounds[:body_end]
-    first_linear = next((b for b in body_bounds if b.linf_to_l2 is not None), None)
+    first_linear = next((b for b in body_bounds if b.linear), None)
     q = 2.0
     if norm is Norm.L2:
         body = math.prod(b.l2 for b in body_bounds)
