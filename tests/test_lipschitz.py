@@ -226,3 +226,17 @@ def test_linf_uses_dual_norm_not_l2_radius():
     margin = 1.3 - 0.2
     assert r.radius == pytest.approx(margin / 4.0, rel=1e-5)
     assert r.radius <= margin / 4.0
+
+
+def test_unit_roundoff_follows_matmul_precision():
+    from verispec.engines.roundoff import unit_roundoff
+
+    cpu = torch.device("cpu")
+    old = torch.get_float32_matmul_precision()
+    try:
+        assert unit_roundoff(torch.float32, cpu) == 2.0**-24
+        torch.set_float32_matmul_precision("medium")
+        assert unit_roundoff(torch.float32, cpu) == 2.0**-8
+        assert unit_roundoff(torch.float64, cpu) == 2.0**-53
+    finally:
+        torch.set_float32_matmul_precision(old)

@@ -15,9 +15,9 @@ the user's float64 point. ``RoundoffForward`` returns logits y_hat (n, m) and E 
 - propagated error: E_{l+1} <= Lip_l E_l + local_l, with Lip_l the layer's proven l2 bound.
 
 Computed activation norms are inflated by their own rounding allowance. The unit roundoff u is
-that of the arithmetic actually used: 2^-24 for float32, 2^-53 for float64, and 2^-11 when
-TF32 matmuls or reduced float32 matmul precision are enabled by the user (cuDNN's TF32
-convolutions are switched off inside the pass). The analysis assumes convolutions computed by
+that of the arithmetic actually used: 2^-24 for float32, 2^-53 for float64, 2^-11 when TF32
+matmuls are enabled by the user, 2^-8 under float32 matmul precision "medium" (bfloat16);
+cuDNN's TF32 convolutions are switched off inside the pass. The analysis assumes convolutions computed by
 summation (direct or GEMM); an extra factor ``SAFETY`` covers reordered kernels.
 """
 
@@ -50,10 +50,12 @@ def unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
         return 2.0**-53
     if dtype != torch.float32:
         raise ValueError(f"certifying forward passes run in float32 or float64, not {dtype}")
-    reduced = torch.get_float32_matmul_precision() != "highest"
-    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-        reduced = True
-    return 2.0**-11 if reduced else 2.0**-24
+    precision = torch.get_float32_matmul_precision()
+    if precision == "medium":
+        return 2.0**-8  # bfloat16 products may be used
+    if precision == "high" or (device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32):
+        return 2.0**-11  # TF32 products may be used
+    return 2.0**-24
 
 
 @contextmanager
