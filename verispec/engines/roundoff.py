@@ -17,8 +17,8 @@ the user's float64 point. ``RoundoffForward`` returns logits y_hat (n, m) and E 
 Computed activation norms are inflated by their own rounding allowance. The unit roundoff u is
 that of the arithmetic actually used: 2^-24 for float32, 2^-53 for float64, 2^-11 when TF32
 matmuls are enabled by the user, 2^-8 under float32 matmul precision "medium" (bfloat16);
-cuDNN's TF32 convolutions are switched off inside the pass. The analysis assumes convolutions computed by
-summation (direct or GEMM); an extra factor ``SAFETY`` covers reordered kernels.
+cuDNN's TF32 convolutions are switched off inside the pass. The analysis assumes convolutions
+computed by summation (direct or GEMM); an extra factor ``SAFETY`` covers reordered kernels.
 """
 
 from __future__ import annotations
