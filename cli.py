@@ -303,6 +303,8 @@ def train(**opts: Any) -> None:
     """Train a certifiably robust model and save it with its sound Lipschitz constant."""
 
     def run() -> None:
+        import attrs
+
         from verispec.data import Split, load_data
         from verispec.engines.base import resolve_device
         from verispec.modelfile import save_model
@@ -376,7 +378,9 @@ def train(**opts: Any) -> None:
         save_model(network, opts["out_path"], meta)
         log_path = Path(opts["out_path"]).with_suffix(".log.json")
         log_path.write_text(
-            json.dumps({"config": cfg.to_dict(), "epochs": [attrs_dict(e) for e in log]}, indent=1)
+            json.dumps(
+                {"config": cfg.to_dict(), "epochs": [attrs.asdict(e) for e in log]}, indent=1
+            )
         )
         click.echo(
             f"wrote {opts['out_path']} and {log_path}: clean {final.clean_accuracy:.3f}, "
@@ -384,12 +388,6 @@ def train(**opts: Any) -> None:
         )
 
     _guard(opts["debug"], run)
-
-
-def attrs_dict(obj: Any) -> dict[str, Any]:
-    import attrs
-
-    return attrs.asdict(obj)
 
 
 if __name__ == "__main__":

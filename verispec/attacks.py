@@ -55,7 +55,10 @@ def _sample(region: Ball | Box, n: int, rng: np.random.Generator) -> FloatArray:
     return pts if region.domain is None else region.domain.clip(pts)
 
 
-def _confirmed(network: Network, prop: Property, candidates: FloatArray) -> FloatArray | None:
+def first_counterexample(
+    network: Network, prop: Property, candidates: FloatArray
+) -> FloatArray | None:
+    """The first of ``candidates`` (n, *shape) that is a counterexample confirmed in float64."""
     y = network.forward64(candidates)
     bad = np.flatnonzero(~prop.predicate.holds(y))
     for i in bad:
@@ -77,7 +80,7 @@ def sample_attack(
     network: Network, prop: Property, n: int, rng: np.random.Generator
 ) -> FloatArray | None:
     """A confirmed counterexample among ``n`` random points of the region, or None."""
-    return _confirmed(network, prop, _sample(_search_region(prop), n, rng))
+    return first_counterexample(network, prop, _sample(_search_region(prop), n, rng))
 
 
 def pgd_attack(
@@ -119,7 +122,7 @@ def pgd_attack(
                 x = x - alpha * g.reshape(x.shape)
             x = _project(region, x)
         x.requires_grad_(True)
-    return _confirmed(network, prop, x.detach().numpy())
+    return first_counterexample(network, prop, x.detach().numpy())
 
 
 def _slack(prop: Property, y: torch.Tensor) -> torch.Tensor:

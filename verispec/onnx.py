@@ -147,7 +147,10 @@ class _Converter:
             sc, tc = last.scale[:, 0, 0], last.shift[:, 0, 0]
             bias = bias + np.einsum("ocij,c->o", weight, tc)
             weight = weight * sc[None, :, None, None]
-        layer = Conv2d(weight, bias, stride, pad)
+        self.push(node, Conv2d(weight, bias, stride, pad))
+
+    def push(self, node: Any, layer: Conv2d | AvgPool2d) -> None:
+        """Append an image layer, tracking the shape (errors name the node)."""
         try:
             self.shape = layer.output_shape(self.shape)
         except UnsupportedLayerError as err:
@@ -346,13 +349,7 @@ def _convert(conv: _Converter, node: Any, op: str, chain: str) -> None:
         if any(pads) or int(at.get("ceil_mode", 0)):
             raise conv.fail(node, "AveragePool needs pads 0 and ceil_mode 0")
         kernel = tuple(int(k) for k in at["kernel_shape"])
-        layer = AvgPool2d(kernel, tuple(int(s) for s in at.get("strides", kernel)))
-        try:
-            conv.shape = layer.output_shape(conv.shape)
-        except UnsupportedLayerError as err:
-            raise conv.fail(node, str(err)) from None
-        conv.items.append(layer)
-        conv.oshape = (1, *conv.shape) if conv.batch else conv.shape
+        conv.push(node, AvgPool2d(kernel, tuple(int(s) for s in at.get("strides", kernel))))
         return
     raise conv.fail(node, "unsupported operator")
 

@@ -123,13 +123,6 @@ class Ball:
         inside = dist <= self.eps + tol
         return inside and (self.domain is None or self.domain.contains(x, tol))
 
-    def bounding_box(self) -> Box:
-        """A box containing the ball (intersected with the domain)."""
-        lo, hi = self.center - self.eps, self.center + self.eps
-        if self.domain is not None:
-            lo, hi = np.maximum(lo, self.domain.lo), np.minimum(hi, self.domain.hi)
-        return Box(lo, hi)
-
 
 @attrs.frozen(eq=False)
 class Polytope:

@@ -14,7 +14,7 @@ import attrs
 import numpy as np
 
 from verispec.errors import SpecError
-from verispec.properties import Clause, Goal, Predicate, Property, argmax_in, argmax_outside
+from verispec.properties import Goal, Predicate, Property, argmax_in, argmax_outside
 from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
 
 __all__ = [
@@ -191,8 +191,3 @@ class SafeOrdering:
 
 PointSpec = LocalRobustness | RelaxedTopK | Affinity
 Spec = PointSpec | SafeOrdering
-
-
-def ordering_clause(pairs: list[tuple[int, int]], num_classes: int) -> Clause:
-    """Convenience: the clause y_a > y_b for every (a, b) in ``pairs``."""
-    return Clause.orderings(pairs, num_classes)

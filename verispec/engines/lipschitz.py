@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import verispec.opnorm as opnorm
+from verispec.attacks import first_counterexample, sample_attack
 from verispec.engines.base import batches, register_engine, resolve_device
 from verispec.engines.roundoff import RoundoffForward
 from verispec.errors import SpecError, UnsupportedError
@@ -39,7 +40,6 @@ from verispec.network import (
     Normalize,
     ReLU,
 )
-from verispec.properties import Predicate
 from verispec.regions import Box, FloatArray, Norm, Polytope
 from verispec.results import CheckResult, GuaranteeKind, Verdict
 from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, SafeOrdering, Spec
@@ -320,7 +320,11 @@ class LipschitzEngine:
         box = region if isinstance(region, Box) else region.box
         if box is None:  # excluded by supports()
             raise UnsupportedError("unbounded precondition")
-        witness = _sample_violation(network, prop.predicate, region, box, self.config)
+        # falsify first: the centre, then seeded uniform samples of the region
+        witness = first_counterexample(network, prop, box.center[None])
+        if witness is None and self.config.falsify_samples:
+            rng = np.random.default_rng(self.config.seed)
+            witness = sample_attack(network, prop, self.config.falsify_samples, rng)
         if witness is not None:
             return CheckResult(
                 Verdict.FALSIFIED,
@@ -346,27 +350,6 @@ class LipschitzEngine:
         verdict = Verdict.CERTIFIED if certified_clause is not None else Verdict.UNKNOWN
         detail = "" if certified_clause is None else f"clause {certified_clause} holds on the box"
         return CheckResult(verdict, self.name, time_s=time.perf_counter() - start, detail=detail)
-
-
-def _sample_violation(
-    network: Network,
-    predicate: Predicate,
-    region: Box | Polytope,
-    box: Box,
-    config: LipschitzConfig,
-) -> FloatArray | None:
-    """A point of the region (centre, then seeded uniform samples) violating the predicate,
-    confirmed in float64; None if none is found."""
-    rng = np.random.default_rng(config.seed)
-    samples = rng.uniform(box.lo, box.hi, size=(config.falsify_samples, *box.lo.shape))
-    candidates = np.concatenate([box.center[None], samples])
-    inside = np.array([region.contains(x) for x in candidates])
-    candidates = candidates[inside]
-    if len(candidates) == 0:
-        return None
-    y = network.forward64(candidates)
-    bad = np.flatnonzero(~predicate.holds(y))
-    return candidates[bad[0]] if bad.size else None
 
 
 def _decide(
