@@ -375,7 +375,7 @@ class Network:
 
     def forward64(self, x: FloatArray) -> FloatArray:
         """Float64 logits (n, m) of ``x`` (n, *input_shape) on the CPU: the reference pass."""
-        xs = np.asarray(x, dtype=np.float64).reshape((-1, *self.input_shape))
+        xs = np.array(x, dtype=np.float64).reshape((-1, *self.input_shape))
         with torch.no_grad():
             out = self.module(torch.float64)(torch.from_numpy(xs))
         return np.asarray(out.numpy())

@@ -1,0 +1,390 @@
+"""The exact-solver protocol, the registry, and the decision procedure they share.
+
+A solver answers one property: for all x in the region, does the predicate hold at f(x)?
+
+    solver.solve(network, prop, timeout) -> CheckResult   # CERTIFIED, FALSIFIED(x') or TIMEOUT
+
+Every solver only implements ``search(query, deadline)``: find x in the input set such that
+*every* clause of the predicate has an atom ``c . y + d <= margin`` (the violation), or prove
+there is none. ``ExactSolverBase.solve`` does the rest, the same way for every back-end:
+
+1. lower the network to its piecewise-linear normal form (``lowering.py``);
+2. a quick falsification pass (sampling and PGD in the region), unless disabled;
+3. pre-activation bounds (``bounds.py``); atoms whose lower bound is > 0 cannot be violated
+   and are dropped; a clause left with no atom holds everywhere, which certifies;
+4. for low-dimensional box regions with many unstable ReLUs, branch on the input box
+   (split the dimension with the largest influence on the violated atoms, re-bound, recurse);
+5. the solver's search with ``margin = +tolerance``: no solution certifies (the predicate holds
+   with slack above the solver's own tolerance); a solution is a candidate witness, re-checked
+   by a float64 forward pass (inside the region, violating the predicate). A candidate that
+   fails the re-check triggers one more search with ``margin = -tolerance``; if that finds
+   nothing re-checkable either, the answer is UNKNOWN (the margin is within the solver's
+   tolerance of zero): a failed re-check is never a verdict.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import attrs
+import numpy as np
+
+from solvers.bounds import BoundMethod, Bounds, InputSet, back_substitute, compute_bounds
+from solvers.lowering import PiecewiseLinearNet, lower
+from verispec.attacks import pgd_attack, sample_attack
+from verispec.errors import UnsupportedError
+from verispec.network import Network
+from verispec.properties import Goal, Property
+from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
+from verispec.results import CheckResult, Verdict
+
+
+class SearchStatus(enum.Enum):
+    """The outcome of a solver's search for a violation."""
+
+    FOUND = "found"
+    NONE = "none"
+    TIMEOUT = "timeout"
+
+
+@attrs.frozen(eq=False)
+class Search:
+    """A search outcome; ``witness`` is a flattened input when FOUND."""
+
+    status: SearchStatus
+    witness: FloatArray | None = None
+    detail: str = ""
+
+
+@attrs.frozen(eq=False)
+class Atoms:
+    """The atoms of one clause that can still be violated: rows ``C @ y + d``; ``upper`` bounds
+    each atom over the input set (it sets big-M constants)."""
+
+    C: FloatArray
+    d: FloatArray
+    lower: FloatArray
+    upper: FloatArray
+
+
+@attrs.frozen(eq=False)
+class Query:
+    """Find x in ``inp`` with, for every entry of ``violation``, some atom <= ``margin``."""
+
+    net: PiecewiseLinearNet
+    inp: InputSet
+    bounds: Bounds
+    violation: tuple[Atoms, ...]
+    margin: float
+
+
+class ExactSolver(Protocol):
+    """What every exact solver provides."""
+
+    name: ClassVar[str]
+
+    def solve(self, network: Network, prop: Property, timeout: float | None = None) -> CheckResult:
+        """CERTIFIED, FALSIFIED (with a float64-confirmed witness), TIMEOUT or UNKNOWN."""
+        ...
+
+    def solve_goal(self, network: Network, goal: Goal, timeout: float | None = None) -> CheckResult:
+        """A goal holds iff one of its alternatives does."""
+        ...
+
+
+SOLVERS: dict[str, type[Any]] = {}
+"""Registered solver classes by name; each has a ``Config`` attrs class and ``__init__``."""
+
+S = TypeVar("S")
+
+
+def register_solver(name: str) -> Callable[[type[S]], type[S]]:
+    """Class decorator adding a solver to ``SOLVERS`` under ``name``."""
+
+    def add(cls: type[S]) -> type[S]:
+        if name in SOLVERS:
+            raise ValueError(f"solver {name!r} registered twice")
+        SOLVERS[name] = cls
+        return cls
+
+    return add
+
+
+def solver_class(name: str) -> type[Any]:
+    """The solver class registered as ``name``; unknown names raise UnsupportedError."""
+    from solvers import milp, smt  # noqa: F401  (registers the built-in solvers)
+
+    if name not in SOLVERS:
+        raise UnsupportedError(f"unknown solver {name!r}; available: {', '.join(sorted(SOLVERS))}")
+    return SOLVERS[name]
+
+
+def _bound_method(instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if value not in {m.value for m in BoundMethod}:
+        raise ValueError(f"bounds must be one of {[m.value for m in BoundMethod]}, got {value!r}")
+
+
+@attrs.frozen
+class SolverConfig:
+    """Options shared by the exact solvers."""
+
+    timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    bounds: str = attrs.field(default="lp", validator=_bound_method)
+    falsify: bool = True
+    falsify_samples: int = attrs.field(default=256, validator=attrs.validators.ge(0))
+    pgd_restarts: int = attrs.field(default=4, validator=attrs.validators.ge(0))
+    split: bool = True
+    split_max_dims: int = attrs.field(default=8, validator=attrs.validators.ge(0))
+    split_leaf_unstable: int = attrs.field(default=10, validator=attrs.validators.ge(0))
+    tolerance: float = attrs.field(default=1e-6, validator=attrs.validators.gt(0))
+    seed: int = 0
+
+
+def _elapsed(start: float) -> float:
+    return time.perf_counter() - start
+
+
+class ExactSolverBase:
+    """The shared decision procedure (module docstring); subclasses implement ``search``."""
+
+    name: ClassVar[str] = ""
+    Config = SolverConfig
+
+    def __init__(self, config: SolverConfig | None = None) -> None:
+        self.config = config or SolverConfig()
+        self._lowered: dict[str, PiecewiseLinearNet] = {}
+
+    # -- to implement ---------------------------------------------------------------------------
+    def search(self, query: Query, deadline: float) -> Search:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def supports_region(self, inp: InputSet) -> None:
+        """Raise UnsupportedError when the back-end cannot encode this input set."""
+
+    # -- shared ---------------------------------------------------------------------------------
+    def lowered(self, network: Network) -> PiecewiseLinearNet:
+        key = network.fingerprint()
+        if key not in self._lowered:
+            self._lowered[key] = lower(network)
+        return self._lowered[key]
+
+    def _result(self, verdict: Verdict, start: float, detail: str, **kw: Any) -> CheckResult:
+        return CheckResult(
+            verdict=verdict, engine=self.name, time_s=_elapsed(start), detail=detail, **kw
+        )
+
+    def solve(self, network: Network, prop: Property, timeout: float | None = None) -> CheckResult:
+        """Decide ``prop`` on ``network`` within ``timeout`` seconds (the config's by default)."""
+        start = time.perf_counter()
+        deadline = start + (self.config.timeout if timeout is None else timeout)
+        net = self.lowered(network)
+        inp = InputSet.of(prop.region)
+        self.supports_region(inp)
+        if inp.empty:
+            return self._result(Verdict.CERTIFIED, start, "the region is empty")
+        if self.config.falsify:
+            witness = self._falsify(network, prop)
+            if witness is not None:
+                return self._result(
+                    Verdict.FALSIFIED, start, "found by sampling/PGD", counterexample=witness
+                )
+        if self._should_split(inp):
+            verdict, witness, detail = self._branch(network, net, prop, inp, deadline)
+        else:
+            bounds = compute_bounds(net, inp, BoundMethod(self.config.bounds), deadline)
+            verdict, witness, detail = self._decide(network, net, prop, inp, bounds, deadline)
+        return self._result(verdict, start, detail, counterexample=witness)
+
+    def solve_goal(self, network: Network, goal: Goal, timeout: float | None = None) -> CheckResult:
+        """Solve each alternative; CERTIFIED as soon as one holds. FALSIFIED needs one point
+        refuting every alternative: with several alternatives refuted only by different points
+        the answer is UNKNOWN, with the reason."""
+        start = time.perf_counter()
+        if not goal.alternatives:
+            raise UnsupportedError("the goal has no alternative: it fails at the point itself")
+        budget = self.config.timeout if timeout is None else timeout
+        witnesses, timed_out, details = [], False, []
+        for prop in goal.alternatives:
+            left = budget - _elapsed(start)
+            res = self.solve(network, prop, max(left, 1e-3))
+            details.append(res.detail)
+            if res.verdict is Verdict.CERTIFIED:
+                return attrs.evolve(res, time_s=_elapsed(start))
+            if res.verdict is Verdict.FALSIFIED and res.counterexample is not None:
+                witnesses.append(res.counterexample)
+            elif res.verdict is Verdict.TIMEOUT:
+                timed_out = True
+        detail = "; ".join(details)
+        if timed_out or len(witnesses) < len(goal.alternatives):
+            verdict = Verdict.TIMEOUT if timed_out else Verdict.UNKNOWN
+            return self._result(verdict, start, detail)
+        for w in witnesses:
+            y = network.forward64(w[None])[0]
+            if goal.is_counterexample(w, y):
+                return self._result(Verdict.FALSIFIED, start, detail, counterexample=w)
+        return self._result(
+            Verdict.UNKNOWN,
+            start,
+            "every alternative fails, but at different points: the spec "
+            "does not hold, yet no single witness refutes all of them",
+        )
+
+    def _falsify(self, network: Network, prop: Property) -> FloatArray | None:
+        rng = np.random.default_rng(self.config.seed)
+        if isinstance(prop.region, Polytope) and prop.region.box is None:
+            return None  # nothing to sample from without a box; the exact search decides
+        if self.config.falsify_samples:
+            w = sample_attack(network, prop, self.config.falsify_samples, rng)
+            if w is not None:
+                return w
+        if self.config.pgd_restarts:
+            return pgd_attack(network, prop, rng, restarts=self.config.pgd_restarts)
+        return None
+
+    # -- one input set ------------------------------------------------------------------------
+    def _violation(
+        self, net: PiecewiseLinearNet, inp: InputSet, bounds: Bounds, prop: Property
+    ) -> tuple[tuple[Atoms, ...] | None, list[FloatArray]]:
+        """The clauses' violable atoms with their bounds; None when some clause provably holds
+        everywhere. Also returns the input coefficients of the atoms' linear lower bounds
+        (used to choose a split)."""
+        out, coefs = [], []
+        last = net.depth - 1
+        for clause in prop.predicate.clauses:
+            if clause.C.shape[0] == 0:
+                return None, []  # an empty conjunction is true
+            lb = back_substitute(net, inp, bounds, last, clause.C, clause.d)
+            ub = back_substitute(net, inp, bounds, last, -clause.C, -clause.d)
+            lower, upper = lb.value, -ub.value
+            live = lower <= 0
+            if not live.any():
+                return None, []  # every atom > 0 everywhere: the clause, hence the predicate
+            if (upper[live] <= 0).any():
+                continue  # some atom is <= 0 everywhere: the clause is always violated
+            out.append(Atoms(clause.C[live], clause.d[live], lower[live], upper[live]))
+            coefs.append(lb.coef[live])
+        return tuple(out), coefs
+
+    def _decide(
+        self,
+        network: Network,
+        net: PiecewiseLinearNet,
+        prop: Property,
+        inp: InputSet,
+        bounds: Bounds,
+        deadline: float,
+    ) -> tuple[Verdict, FloatArray | None, str]:
+        violation, _ = self._violation(net, inp, bounds, prop)
+        stats = f"{bounds.num_unstable(net)} unstable ReLUs ({bounds.method.value} bounds)"
+        if violation is None:
+            return Verdict.CERTIFIED, None, f"proved by the bounds; {stats}"
+        tol = self.config.tolerance
+        first = self.search(Query(net, inp, bounds, violation, tol), deadline)
+        if first.status is SearchStatus.NONE:
+            return Verdict.CERTIFIED, None, f"{self.name}: no violation; {stats}"
+        if first.status is SearchStatus.TIMEOUT:
+            return Verdict.TIMEOUT, None, f"{self.name}: time limit; {stats}"
+        witness = self._recheck(network, prop, first.witness)
+        if witness is not None:
+            return Verdict.FALSIFIED, witness, f"{self.name}: violation; {stats}"
+        second = self.search(Query(net, inp, bounds, violation, -tol), deadline)
+        if second.status is SearchStatus.FOUND:
+            witness = self._recheck(network, prop, second.witness)
+            if witness is not None:
+                return Verdict.FALSIFIED, witness, f"{self.name}: violation; {stats}"
+        if second.status is SearchStatus.TIMEOUT:
+            return Verdict.TIMEOUT, None, f"{self.name}: time limit; {stats}"
+        return (
+            Verdict.UNKNOWN,
+            None,
+            f"{self.name}: solver error: its candidate witness failed the float64 re-check and "
+            f"no violation by more than {tol:g} exists (the margin is within tolerance of 0)",
+        )
+
+    @staticmethod
+    def _recheck(network: Network, prop: Property, flat: FloatArray | None) -> FloatArray | None:
+        """The witness (input shape), moved into the region by at most the solver's tolerance,
+        if its float64 forward pass violates the predicate; otherwise None."""
+        if flat is None or not np.all(np.isfinite(flat)):
+            return None
+        x = _into_region(prop, np.asarray(flat, dtype=np.float64).reshape(network.input_shape))
+        y = network.forward64(x[None])[0]
+        return x if prop.is_counterexample(x, y) else None
+
+    # -- input splitting --------------------------------------------------------------------------
+    def _should_split(self, inp: InputSet) -> bool:
+        return self.config.split and inp.size <= self.config.split_max_dims and inp.l2_eps is None
+
+    def _branch(
+        self,
+        network: Network,
+        net: PiecewiseLinearNet,
+        prop: Property,
+        inp: InputSet,
+        deadline: float,
+    ) -> tuple[Verdict, FloatArray | None, str]:
+        """Branch and bound over the input box: bound each piece (linear bounds; LP at the leaves),
+        exact search on pieces with few unstable ReLUs, split the others."""
+        rng = np.random.default_rng(self.config.seed)
+        stack, pieces, leaves = [inp], 0, 0
+        while stack:
+            if time.perf_counter() > deadline:
+                return Verdict.TIMEOUT, None, f"time limit after {pieces} pieces"
+            piece = stack.pop()
+            pieces += 1
+            bounds = compute_bounds(net, piece, BoundMethod.LINEAR)
+            violation, coefs = self._violation(net, piece, bounds, prop)
+            if violation is None:
+                continue
+            sub = Property(
+                Box(piece.lo.reshape(network.input_shape), piece.hi.reshape(network.input_shape)),
+                prop.predicate,
+            )
+            w = sample_attack(network, sub, 16, rng)
+            if w is not None and prop.region.contains(w):
+                return Verdict.FALSIFIED, w, f"found after {pieces} pieces"
+            small = bool(np.all(piece.hi - piece.lo <= 1e-7 * (1 + np.abs(piece.lo))))
+            if bounds.num_unstable(net) <= self.config.split_leaf_unstable or small:
+                leaves += 1
+                verdict, witness, detail = self._decide(network, net, prop, piece, bounds, deadline)
+                if verdict is Verdict.CERTIFIED:
+                    continue
+                return verdict, witness, f"{detail}; after {pieces} pieces"
+            stack.extend(_split(piece, coefs))
+        return Verdict.CERTIFIED, None, f"{pieces} pieces, {leaves} solved exactly"
+
+
+def _split(piece: InputSet, coefs: list[FloatArray]) -> list[InputSet]:
+    """Halve the box along the dimension with the largest |coefficient| x width in the linear
+    lower bounds of the live atoms (the widest dimension when they carry no signal)."""
+    width = piece.hi - piece.lo
+    score = np.zeros_like(width)
+    for c in coefs:
+        score = score + (np.abs(c) * width).sum(axis=0)
+    dim = int(np.argmax(score)) if score.max() > 0 else int(np.argmax(width))
+    mid = (piece.lo[dim] + piece.hi[dim]) / 2
+    hi_left, lo_right = piece.hi.copy(), piece.lo.copy()
+    hi_left[dim] = mid
+    lo_right[dim] = mid
+    return [piece.with_box(piece.lo, hi_left), piece.with_box(lo_right, piece.hi)]
+
+
+def _into_region(prop: Property, x: FloatArray) -> FloatArray:
+    """Undo a solver's last-digit excursions outside the region: clip to the box / domain and
+    pull an l2 witness back onto the ball."""
+    region = prop.region
+    if isinstance(region, Ball):
+        if region.norm is Norm.L2:
+            d = x - region.center
+            n = float(np.linalg.norm(d))
+            if n > region.eps:
+                x = region.center + d * (region.eps / n)
+        else:
+            x = np.clip(x, region.center - region.eps, region.center + region.eps)
+        return x if region.domain is None else region.domain.clip(x)
+    if isinstance(region, Box):
+        return region.clip(x)
+    return x if region.box is None else region.box.clip(x)

@@ -1,0 +1,427 @@
+"""Pre-activation bounds over an input set: interval arithmetic, linear bound propagation
+(CROWN-style back-substitution) and LP tightening.
+
+The exact encodings take their big-M constants from these bounds and drop the binaries of
+stable ReLUs, so every bound must be *valid* (a true lower / upper bound of the neuron over
+the whole input set); tightness only buys speed. Each method returns bounds at least as tight
+as the ones it was given (the intersection of valid bounds is valid). Floating-point error is
+covered by padding every computed bound outward by ``PAD`` (relative + absolute).
+
+The input set is a box, optionally intersected with an l2 ball and/or a polytope
+{x : A x <= b}; all methods are sound for that intersection (the l2 ball and polytope only
+ever tighten, and LP tightening uses the box and the polytope, a superset of the set).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+
+import attrs
+import numpy as np
+from numpy.typing import NDArray
+
+from solvers.lowering import PiecewiseLinearNet
+from verispec.errors import SpecError, UnsupportedError
+from verispec.regions import Ball, Box, FloatArray, Norm, Polytope, Region, frozen_array
+
+PAD = 1e-9
+"""Relative and absolute outward padding of every computed bound (float64 rounding)."""
+
+LP_PAD = 1e-7
+"""Outward padding of LP bounds (the LP solver's optimality tolerance, relative + absolute)."""
+
+
+Row = tuple[NDArray[np.integer], FloatArray, float, float]
+"""An LP row: column indices, coefficients, lower and upper bound."""
+
+
+class BoundMethod(enum.Enum):
+    """How pre-activation bounds are computed (each includes the ones before it)."""
+
+    INTERVAL = "interval"
+    LINEAR = "linear"
+    LP = "lp"
+
+
+def _pad(lo: FloatArray, hi: FloatArray, pad: float = PAD) -> tuple[FloatArray, FloatArray]:
+    return lo - pad * (1.0 + np.abs(lo)), hi + pad * (1.0 + np.abs(hi))
+
+
+def _optional_array(value: object) -> FloatArray | None:
+    return None if value is None else frozen_array(value)  # type: ignore[arg-type]
+
+
+@attrs.frozen(eq=False)
+class InputSet:
+    """A box [lo, hi] over the flattened input, optionally intersected with the l2 ball
+    ``||x - center|| <= l2_eps`` and with the polytope ``A x <= b``."""
+
+    lo: FloatArray = attrs.field(converter=frozen_array)
+    hi: FloatArray = attrs.field(converter=frozen_array)
+    center: FloatArray | None = attrs.field(default=None, converter=_optional_array)
+    l2_eps: float | None = None
+    A: FloatArray | None = attrs.field(default=None, converter=_optional_array)
+    b: FloatArray | None = attrs.field(default=None, converter=_optional_array)
+
+    @classmethod
+    def of(cls, region: Region) -> InputSet:
+        """The input set of a region (balls and boxes exactly; a polytope without a box gets
+        its bounding box from LPs, and must be bounded)."""
+        if isinstance(region, Box):
+            return cls(region.lo.ravel(), region.hi.ravel())
+        if isinstance(region, Ball):
+            c = region.center.ravel()
+            lo, hi = c - region.eps, c + region.eps
+            if region.domain is not None:
+                lo = np.maximum(lo, region.domain.lo.ravel())
+                hi = np.minimum(hi, region.domain.hi.ravel())
+            if region.norm is Norm.LINF:
+                return cls(lo, hi)
+            return cls(lo, hi, c, region.eps)
+        if isinstance(region, Polytope):
+            if region.box is not None:
+                lo, hi = region.box.lo.ravel(), region.box.hi.ravel()
+            else:
+                lo, hi = _polytope_box(region.A, region.b)
+            return cls(lo, hi, A=region.A, b=region.b)
+        raise UnsupportedError(f"the exact solvers do not support region {type(region).__name__}")
+
+    @property
+    def size(self) -> int:
+        return int(self.lo.size)
+
+    @property
+    def empty(self) -> bool:
+        """True when the box is empty (lo > hi somewhere): the property then holds vacuously."""
+        return bool(np.any(self.lo > self.hi))
+
+    def with_box(self, lo: FloatArray, hi: FloatArray) -> InputSet:
+        """The same set intersected with another box (used when splitting the input)."""
+        return attrs.evolve(self, lo=np.maximum(self.lo, lo), hi=np.minimum(self.hi, hi))
+
+    def lower(self, M: FloatArray) -> FloatArray:
+        """A lower bound of each row of ``M x`` (p, d) over the set."""
+        mid, rad = (self.lo + self.hi) / 2, (self.hi - self.lo) / 2
+        out = M @ mid - np.abs(M) @ rad
+        if self.center is not None and self.l2_eps is not None:
+            out = np.maximum(out, M @ self.center - self.l2_eps * np.linalg.norm(M, axis=1))
+        return np.asarray(out)
+
+
+def _polytope_box(A: FloatArray, b: FloatArray) -> tuple[FloatArray, FloatArray]:
+    d = A.shape[1]
+    lp = _LP(np.full(d, -np.inf), np.full(d, np.inf), A, b)
+    lo, hi = np.empty(d), np.empty(d)
+    for i in range(d):
+        e = np.zeros(d)
+        e[i] = 1.0
+        lo_i, hi_i = lp.minimize(e), -lp.minimize(-e)
+        if not (np.isfinite(lo_i) and np.isfinite(hi_i)):
+            raise SpecError(
+                f"the polytope is unbounded along input {i}: give it a box (the exact solvers "
+                "need a bounded region)"
+            )
+        lo[i], hi[i] = lo_i, hi_i
+    return _pad(lo, hi, LP_PAD)
+
+
+@attrs.frozen(eq=False)
+class Bounds:
+    """Valid bounds lo[k] <= z_k <= hi[k] of every pre-activation z_1..z_L over an input set."""
+
+    lo: tuple[FloatArray, ...]
+    hi: tuple[FloatArray, ...]
+    method: BoundMethod
+
+    def unstable(self, net: PiecewiseLinearNet, k: int) -> NDArray[np.bool_]:
+        """ReLU neurons of hidden layer ``k`` whose sign is not fixed over the input set."""
+        return np.asarray(net.relu[k] & (self.lo[k] < 0) & (self.hi[k] > 0))
+
+    def num_unstable(self, net: PiecewiseLinearNet) -> int:
+        return int(sum(self.unstable(net, k).sum() for k in range(len(net.relu))))
+
+    def intersect(self, other: Bounds) -> Bounds:
+        lo = tuple(np.maximum(a, b) for a, b in zip(self.lo, other.lo, strict=True))
+        hi = tuple(np.minimum(a, b) for a, b in zip(self.hi, other.hi, strict=True))
+        return Bounds(lo, hi, max(self.method, other.method, key=_RANK.index))
+
+
+_RANK = [BoundMethod.INTERVAL, BoundMethod.LINEAR, BoundMethod.LP]
+
+
+def _activate(
+    net: PiecewiseLinearNet, k: int, lo: FloatArray, hi: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    mask = net.relu[k]
+    return np.where(mask, np.maximum(lo, 0), lo), np.where(mask, np.maximum(hi, 0), hi)
+
+
+def interval_bounds(net: PiecewiseLinearNet, inp: InputSet) -> Bounds:
+    """Interval arithmetic, layer by layer (the first layer bounded exactly over the set)."""
+    los, his = [], []
+    eye_lo = inp.lower(net.weights[0])
+    eye_hi = -inp.lower(-net.weights[0])
+    lo, hi = _pad(eye_lo + net.biases[0], eye_hi + net.biases[0])
+    los.append(lo)
+    his.append(hi)
+    for k in range(1, net.depth):
+        a_lo, a_hi = _activate(net, k - 1, lo, hi)
+        W, b = net.weights[k], net.biases[k]
+        mid, rad = (a_lo + a_hi) / 2, (a_hi - a_lo) / 2
+        lo, hi = _pad(W @ mid - np.abs(W) @ rad + b, W @ mid + np.abs(W) @ rad + b)
+        los.append(lo)
+        his.append(hi)
+    return Bounds(tuple(los), tuple(his), BoundMethod.INTERVAL)
+
+
+def _relaxation(
+    net: PiecewiseLinearNet, k: int, lo: FloatArray, hi: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per-neuron linear relaxation of h_k = act(z_k): lower slope, upper slope, upper
+    intercept (lower intercept is 0): lower_slope z <= h <= upper_slope z + upper_icpt."""
+    relu = net.relu[k]
+    unstable = relu & (lo < 0) & (hi > 0)
+    dead = relu & (hi <= 0)
+    up_slope = np.where(dead, 0.0, 1.0)
+    up_icpt = np.zeros_like(lo)
+    lo_slope = up_slope.copy()
+    if unstable.any():
+        s = hi[unstable] / (hi[unstable] - lo[unstable])
+        up_slope[unstable] = s
+        up_icpt[unstable] = -s * lo[unstable]
+        lo_slope[unstable] = (hi[unstable] >= -lo[unstable]).astype(float)
+    return lo_slope, up_slope, up_icpt
+
+
+@attrs.frozen(eq=False)
+class LinearBound:
+    """``coef @ x + const`` is a valid lower bound of a linear function of the outputs over the
+    input set; ``value`` is its minimum over the set (a valid numeric lower bound)."""
+
+    coef: FloatArray
+    const: FloatArray
+    value: FloatArray
+
+
+def back_substitute(
+    net: PiecewiseLinearNet,
+    inp: InputSet,
+    bounds: Bounds,
+    k: int,
+    spec: FloatArray,
+    offset: FloatArray,
+) -> LinearBound:
+    """CROWN lower bound of ``spec @ z_k + offset`` (spec (p, n_k)) over the input set, by
+    back-substitution through the relaxations of layers < k (0-based ``k``)."""
+    M = spec @ net.weights[k]
+    const = spec @ net.biases[k] + offset
+    for j in range(k - 1, -1, -1):
+        lo_slope, up_slope, up_icpt = _relaxation(net, j, bounds.lo[j], bounds.hi[j])
+        pos = M >= 0
+        slope = np.where(pos, lo_slope, up_slope)
+        const = const + np.where(pos, 0.0, M * up_icpt).sum(axis=1)
+        M = M * slope
+        const = const + M @ net.biases[j]
+        M = M @ net.weights[j]
+    value = inp.lower(M) + const
+    value = value - PAD * (1.0 + np.abs(value) + np.abs(M).sum(axis=1) * _scale(inp))
+    return LinearBound(M, const, value)
+
+
+def _scale(inp: InputSet) -> float:
+    return float(np.max(np.abs(np.concatenate([inp.lo, inp.hi])), initial=1.0))
+
+
+def linear_bounds(net: PiecewiseLinearNet, inp: InputSet, start: Bounds | None = None) -> Bounds:
+    """Back-substitution bounds for every layer, intersected with interval bounds (and with
+    ``start`` when given)."""
+    base = interval_bounds(net, inp) if start is None else start
+    los, his = list(base.lo), list(base.hi)
+    for k in range(1, net.depth):
+        current = Bounds(tuple(los), tuple(his), BoundMethod.LINEAR)
+        n = net.weights[k].shape[0]
+        spec = np.vstack([np.eye(n), -np.eye(n)])
+        lb = back_substitute(net, inp, current, k, spec, np.zeros(2 * n)).value
+        lo, hi = np.maximum(los[k], lb[:n]), np.minimum(his[k], -lb[n:])
+        if k < net.depth - 1:
+            # Tighter bounds of layer k change the interval bounds of the layers after it.
+            los[k], his[k] = lo, hi
+            refreshed = _interval_from(net, k, lo, hi)
+            for j, (l2, h2) in enumerate(refreshed, start=k + 1):
+                los[j], his[j] = np.maximum(los[j], l2), np.minimum(his[j], h2)
+        else:
+            los[k], his[k] = lo, hi
+    return Bounds(tuple(los), tuple(his), BoundMethod.LINEAR)
+
+
+def _interval_from(
+    net: PiecewiseLinearNet, k: int, lo: FloatArray, hi: FloatArray
+) -> list[tuple[FloatArray, FloatArray]]:
+    out = []
+    for j in range(k + 1, net.depth):
+        a_lo, a_hi = _activate(net, j - 1, lo, hi)
+        W, b = net.weights[j], net.biases[j]
+        mid, rad = (a_lo + a_hi) / 2, (a_hi - a_lo) / 2
+        lo, hi = _pad(W @ mid - np.abs(W) @ rad + b, W @ mid + np.abs(W) @ rad + b)
+        out.append((lo, hi))
+    return out
+
+
+class _LP:
+    """A HiGHS LP over fixed constraints whose objective changes between solves."""
+
+    def __init__(
+        self,
+        col_lo: FloatArray,
+        col_hi: FloatArray,
+        A: FloatArray | None = None,
+        b: FloatArray | None = None,
+        rows: list[Row] | None = None,
+    ) -> None:
+        import highspy
+
+        self._highspy = highspy
+        self.h = highspy.Highs()
+        self.h.setOptionValue("output_flag", False)
+        inf = highspy.kHighsInf
+        n = col_lo.size
+        self.n = n
+        lp = highspy.HighsLp()
+        lp.num_col_ = n
+        lp.col_cost_ = np.zeros(n)
+        lp.col_lower_ = np.where(np.isfinite(col_lo), col_lo, -inf)
+        lp.col_upper_ = np.where(np.isfinite(col_hi), col_hi, inf)
+        starts, indices, values, r_lo, r_hi = [0], [], [], [], []
+        all_rows = list(rows or [])
+        if A is not None and b is not None:
+            all_rows += [
+                (np.flatnonzero(a), a[a != 0], -inf, float(bi)) for a, bi in zip(A, b, strict=True)
+            ]
+        for idx, val, lo, hi in all_rows:
+            indices.append(np.asarray(idx, dtype=np.int32))
+            values.append(np.asarray(val, dtype=np.float64))
+            starts.append(starts[-1] + len(idx))
+            r_lo.append(lo)
+            r_hi.append(hi)
+        lp.num_row_ = len(all_rows)
+        lp.row_lower_ = np.asarray(r_lo, dtype=np.float64)
+        lp.row_upper_ = np.asarray(r_hi, dtype=np.float64)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+        lp.a_matrix_.start_ = np.asarray(starts, dtype=np.int32)
+        lp.a_matrix_.index_ = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int32)
+        lp.a_matrix_.value_ = np.concatenate(values) if values else np.zeros(0)
+        self.h.passModel(lp)
+
+    def minimize(self, cost: FloatArray, time_limit: float | None = None) -> float:
+        """min cost @ x over the LP (-inf when unbounded; +inf when infeasible); a lower bound
+        padded for the solver's tolerance, -inf when the solve did not finish."""
+        hs = self._highspy
+        self.h.changeColsCost(self.n, np.arange(self.n, dtype=np.int32), cost)
+        if time_limit is not None:
+            self.h.setOptionValue("time_limit", max(time_limit, 1e-3))
+        self.h.run()
+        status = self.h.getModelStatus()
+        if status == hs.HighsModelStatus.kInfeasible:
+            return np.inf
+        if status != hs.HighsModelStatus.kOptimal:
+            return -np.inf
+        value = self.h.getInfo().objective_function_value
+        return float(value - LP_PAD * (1.0 + abs(value)))
+
+
+def _layer_rows(
+    net: PiecewiseLinearNet, bounds: Bounds, k: int, offsets: list[int]
+) -> tuple[list[Row], FloatArray, FloatArray]:
+    """LP rows and column bounds for h_k (0-based hidden layer k) from h_{k-1}: exact for stable
+    and pass-through neurons, the triangle relaxation for unstable ReLUs."""
+    W, b = net.weights[k], net.biases[k]
+    lo, hi = bounds.lo[k], bounds.hi[k]
+    relu = net.relu[k]
+    prev = np.arange(offsets[k], offsets[k + 1])
+    rows: list[Row] = []
+    col_lo = np.where(relu, np.maximum(lo, 0), lo)
+    col_hi = np.where(relu, np.maximum(hi, 0), hi)
+    for i in range(W.shape[0]):
+        me = offsets[k + 1] + i
+        w = W[i]
+        nz = np.flatnonzero(w)
+        idx = np.concatenate([[me], prev[nz]])
+        if relu[i] and hi[i] <= 0:
+            continue  # h = 0: fixed by its column bounds
+        if not relu[i] or lo[i] >= 0:
+            rows.append((idx, np.concatenate([[1.0], -w[nz]]), float(b[i]), float(b[i])))
+            continue
+        # h >= z  <=>  h - w.h_prev >= b ;  h <= s (z - l)  <=>  h - s w.h_prev <= s (b - l)
+        s = hi[i] / (hi[i] - lo[i])
+        rows.append((idx, np.concatenate([[1.0], -w[nz]]), float(b[i]), np.inf))
+        rows.append((idx, np.concatenate([[1.0], -s * w[nz]]), -np.inf, float(s * (b[i] - lo[i]))))
+    return rows, col_lo, col_hi
+
+
+def lp_bounds(
+    net: PiecewiseLinearNet,
+    inp: InputSet,
+    start: Bounds | None = None,
+    deadline: float | None = None,
+) -> Bounds:
+    """Tighten the bounds of every unstable ReLU by two LPs over the triangle relaxation of the
+    layers before it (after back-substitution). Stops tightening (keeping valid, looser bounds)
+    when ``deadline`` (a ``time.perf_counter`` value) passes."""
+    bounds = linear_bounds(net, inp, start)
+    los, his = list(bounds.lo), list(bounds.hi)
+    sizes = [inp.size] + [w.shape[0] for w in net.weights[:-1]]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    rows: list[Row] = []
+    col_lo, col_hi = [inp.lo], [inp.hi]
+    for k in range(1, net.depth - 1):
+        current = Bounds(tuple(los), tuple(his), BoundMethod.LP)
+        new_rows, c_lo, c_hi = _layer_rows(net, current, k - 1, offsets)
+        rows += new_rows
+        col_lo.append(c_lo)
+        col_hi.append(c_hi)
+        targets = np.flatnonzero(current.unstable(net, k))
+        if targets.size == 0:
+            continue
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        lp = _LP(np.concatenate(col_lo), np.concatenate(col_hi), None, None, rows + _poly_rows(inp))
+        W, b = net.weights[k], net.biases[k]
+        lo, hi = los[k].copy(), his[k].copy()
+        for i in targets:
+            cost = np.zeros(lp.n)
+            cost[offsets[k] : offsets[k + 1]] = W[i]
+            left = None if deadline is None else deadline - time.perf_counter()
+            if left is not None and left <= 0:
+                break
+            lo[i] = max(lo[i], lp.minimize(cost, left) + b[i])
+            if lo[i] >= 0:
+                continue
+            hi[i] = min(hi[i], -lp.minimize(-cost, left) + b[i])
+        los[k], his[k] = lo, hi
+        tightened = linear_bounds(net, inp, Bounds(tuple(los), tuple(his), BoundMethod.LP))
+        los, his = list(tightened.lo), list(tightened.hi)
+    return Bounds(tuple(los), tuple(his), BoundMethod.LP)
+
+
+def _poly_rows(inp: InputSet) -> list[Row]:
+    if inp.A is None or inp.b is None:
+        return []
+    return [
+        (np.flatnonzero(a), a[a != 0], -np.inf, float(bi))
+        for a, bi in zip(inp.A, inp.b, strict=True)
+    ]
+
+
+def compute_bounds(
+    net: PiecewiseLinearNet,
+    inp: InputSet,
+    method: BoundMethod = BoundMethod.LP,
+    deadline: float | None = None,
+) -> Bounds:
+    """Bounds by ``method`` (each method includes the cheaper ones)."""
+    if method is BoundMethod.INTERVAL:
+        return interval_bounds(net, inp)
+    if method is BoundMethod.LINEAR:
+        return linear_bounds(net, inp)
+    return lp_bounds(net, inp, deadline=deadline)
