@@ -75,8 +75,9 @@ def report_table(report: Any) -> str:
         ("median radius", _fmt(report.median_radius)),
         ("points/s", _fmt(report.points_per_second, 0)),
     ]
-    for r, acc in report.certified_accuracy():
-        rows.append((f"cert. acc @ r={r:g}", _fmt(acc)))
+    if any(r.radius is not None for r in report.results):
+        for r, acc in report.certified_accuracy():
+            rows.append((f"cert. acc @ r={r:g}", _fmt(acc)))
     return f"{report.property_name}\n{_table(rows)}"
 
 
@@ -120,12 +121,15 @@ def check(
 
         from verispec.api import check as vcheck
         from verispec.engines.base import engine_class
+        from verispec.errors import UnsupportedError
         from verispec.specfile import load_specfile
 
         sf = load_specfile(spec, limit=limit)
         name = engine_name or sf.engine_name
         config = sf.engine_config if name == sf.engine_name else engine_class(name).Config()
         if device is not None:
+            if not hasattr(config, "device"):
+                raise UnsupportedError(f"engine {name!r} has no device option")
             config = attrs.evolve(config, device=device)
         engine = engine_class(name)(config)
         reports = []
@@ -151,6 +155,49 @@ def check(
             payload = {"spec_file": str(sf.path), "reports": [r.to_dict() for r in reports]}
             Path(json_path).write_text(json.dumps(payload, indent=1))
             click.echo(f"wrote {json_path}")
+
+    _guard(debug, run)
+
+
+@main.command()
+@click.argument("network", type=click.Path(dir_okay=False))
+@click.argument("prop", type=click.Path(dir_okay=False))
+@click.option("--solver", type=click.Choice(["milp", "smt"]), default="milp", show_default=True)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=116.0, show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="also write the VNN-COMP result file here",
+)
+@click.option("--verbose", is_flag=True, help="print the solver's detail to stderr")
+@click.option("--debug", is_flag=True, help="show tracebacks")
+def vnnlib(
+    network: str,
+    prop: str,
+    solver: str,
+    timeout: float,
+    out: str | None,
+    verbose: bool,
+    debug: bool,
+) -> None:
+    """Decide a VNN-COMP instance: NETWORK (.onnx) with PROP (.vnnlib, the unsafe set).
+
+    Prints unsat (the property holds), sat and the counterexample, timeout or unknown.
+    """
+
+    def run() -> None:
+        from verispec.api import solve_vnnlib
+
+        answer = solve_vnnlib(network, prop, solver, timeout)
+        text = answer.text()
+        click.echo(text, nl=False)
+        if verbose:
+            click.echo(f"{answer.time_s:.2f} s: {answer.detail}", err=True)
+        if out:
+            Path(out).write_text(text)
 
     _guard(debug, run)
 

@@ -6,16 +6,19 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import attrs
 import numpy as np
 
+from solvers.base import SolverConfig, solver_class
 from verispec.data import Dataset
 from verispec.engines.base import Engine, engine_class
 from verispec.errors import DataError
 from verispec.modelfile import load_model
 from verispec.network import Network
-from verispec.regions import Box
-from verispec.results import CheckResult, Report
+from verispec.regions import Box, FloatArray
+from verispec.results import CheckResult, Report, Verdict
 from verispec.specs import SafeOrdering, Spec
+from verispec.vnnlib import parse_vnnlib, result_text, safe_property
 
 CHUNK = 1024
 """Points handed to an engine per call (progress is reported between chunks)."""
@@ -82,3 +85,59 @@ def check(
         radii=tuple(radii),
         wall_time_s=time.perf_counter() - start,
     )
+
+
+@attrs.frozen(eq=False)
+class VnnlibAnswer:
+    """The answer to a VNN-LIB instance: ``sat`` (a counterexample, re-checked in float64),
+    ``unsat`` (the property holds), ``timeout`` or ``unknown``."""
+
+    answer: str
+    time_s: float
+    detail: str = ""
+    witness: FloatArray | None = None
+    outputs: FloatArray | None = None
+
+    def text(self) -> str:
+        """The VNN-COMP result format."""
+        return result_text(self.answer, self.witness, self.outputs)
+
+
+def solve_vnnlib(
+    onnx_path: str | Path,
+    vnnlib_path: str | Path,
+    solver: str = "milp",
+    timeout: float = 116.0,
+    config: SolverConfig | None = None,
+) -> VnnlibAnswer:
+    """Decide a VNN-COMP instance: every input box of the file must keep f(x) out of its unsafe
+    set. ``sat`` as soon as one box has a counterexample."""
+    from verispec.onnx import load_onnx
+
+    start = time.perf_counter()
+    network = load_onnx(onnx_path)
+    spec = parse_vnnlib(vnnlib_path, network.input_size, network.num_classes)
+    exact = solver_class(solver)(config or SolverConfig(timeout=timeout))
+    undecided = []
+    for i, box in enumerate(spec.boxes):
+        shaped = Box(box.lo.reshape(network.input_shape), box.hi.reshape(network.input_shape))
+        left = timeout - (time.perf_counter() - start)
+        if left <= 0:
+            return VnnlibAnswer("timeout", time.perf_counter() - start, f"box {i}: no time left")
+        res = exact.solve(network, safe_property(spec, shaped), left)
+        if res.verdict is Verdict.FALSIFIED and res.counterexample is not None:
+            y = network.forward64(res.counterexample[None])[0]
+            return VnnlibAnswer(
+                "sat",
+                time.perf_counter() - start,
+                f"box {i}: {res.detail}",
+                np.asarray(res.counterexample),
+                y,
+            )
+        if res.verdict is not Verdict.CERTIFIED:
+            undecided.append((res.verdict, f"box {i}: {res.detail}"))
+    elapsed = time.perf_counter() - start
+    if not undecided:
+        return VnnlibAnswer("unsat", elapsed, f"{len(spec.boxes)} box(es) proved")
+    verdict, detail = undecided[0]
+    return VnnlibAnswer("timeout" if verdict is Verdict.TIMEOUT else "unknown", elapsed, detail)

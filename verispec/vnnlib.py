@@ -397,3 +397,15 @@ def write_vnnlib(
     lines += [f"    (and {c})" for c in clauses]
     lines.append("))")
     return "\n".join(lines) + "\n"
+
+
+def result_text(answer: str, x: np.ndarray | None = None, y: np.ndarray | None = None) -> str:
+    """A VNN-COMP result file: the answer on the first line (sat, unsat, timeout, unknown,
+    error) and, for sat, the counterexample as ((X_i value) ... (Y_j value))."""
+    if answer != "sat":
+        return answer + "\n"
+    if x is None or y is None:
+        raise SpecError("a sat result needs the counterexample's inputs and outputs")
+    pairs = [f"(X_{i} {float(v)!r})" for i, v in enumerate(np.ravel(x))]
+    pairs += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(np.ravel(y))]
+    return "sat\n(" + "\n ".join(pairs) + ")\n"
