@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 EXIT_BAD_INPUT = 2
 PROGRESS_MIN_POINTS = 2000
@@ -157,6 +158,96 @@ def check(
             click.echo(f"wrote {json_path}")
 
     _guard(debug, run)
+
+
+def audit_table(report: Any) -> str:
+    """The human summary of one property's audit."""
+    s = report.summary()
+    rows = [
+        ("spec", s["spec"]),
+        ("engine / solver", f"{s['engine']} / {s['solver']}"),
+        ("points", str(s["points"])),
+        ("engine certified", str(s["engine_certified"])),
+        ("engine falsified", str(s["engine_falsified"])),
+        ("solver certified", str(s["solver_certified"])),
+        ("solver falsified", str(s["solver_falsified"])),
+        ("solver undecided", str(s["solver_undecided"])),
+        ("tightness", _fmt(s["tightness"])),
+        ("engine time", f"{s['engine_time_s']:.2f} s"),
+        ("solver time", f"{s['solver_time_s']:.2f} s"),
+        ("VIOLATIONS", str(s["violations"])),
+    ]
+    lines = [_table(rows)]
+    for v in report.violations:
+        lines.append(
+            f"  ! {v.kind.value} at point {v.index}: margin {v.point_margin:.6g} at the point, "
+            f"{v.witness_margin:.6g} at the witness; {v.detail}"
+        )
+        lines.append(f"    witness: {np.array2string(v.witness.ravel(), precision=6)}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--engine", "engine_name", default=None, help="engine to audit (default: the file's)")
+@click.option("--solver", type=click.Choice(["milp", "smt"]), default="milp", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="audit the first N points")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="solver seconds per point",
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--debug", is_flag=True, help="show tracebacks")
+def audit(
+    spec: str,
+    engine_name: str | None,
+    solver: str,
+    limit: int | None,
+    timeout: float,
+    json_path: str | None,
+    debug: bool,
+) -> None:
+    """Audit an engine against an exact solver on every property of SPEC.
+
+    Prints a summary per property and every soundness violation; exits with status 1 when a
+    violation is found, 0 otherwise.
+    """
+
+    def run() -> int:
+        from solvers.base import SolverConfig, solver_class
+        from verispec.api import points_of
+        from verispec.audit import audit as vaudit
+        from verispec.engines.base import engine_class
+        from verispec.specfile import load_specfile
+        from verispec.specs import SafeOrdering
+
+        sf = load_specfile(spec, limit=limit)
+        name = engine_name or sf.engine_name
+        config = sf.engine_config if name == sf.engine_name else engine_class(name).Config()
+        engine = engine_class(name)(config)
+        exact = solver_class(solver)(SolverConfig(timeout=timeout))
+        reports = []
+        for prop in sf.properties:
+            xs = ys = domain = None
+            if not isinstance(prop.spec, SafeOrdering):
+                if sf.data is None:
+                    raise click.UsageError(f"property {prop.name!r} needs data points")
+                xs, ys, domain = points_of(sf.network, sf.data, sf.limit)
+            report = vaudit(engine, exact, sf.network, prop.spec, xs, ys, domain, timeout)
+            reports.append(report)
+            click.echo(f"{prop.name}\n{audit_table(report)}\n")
+        if json_path:
+            payload = {"spec_file": str(sf.path), "audits": [r.to_dict() for r in reports]}
+            Path(json_path).write_text(json.dumps(payload, indent=1))
+            click.echo(f"wrote {json_path}")
+        total = sum(len(r.violations) for r in reports)
+        click.echo(f"{total} soundness violation(s)")
+        return 1 if total else 0
+
+    sys.exit(_guard(debug, run))
 
 
 @main.command()

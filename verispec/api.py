@@ -45,6 +45,18 @@ def describe(spec: Spec) -> str:
     return f"{type(spec).__name__}({spec.norm.value} eps={spec.eps:g}{extra})"
 
 
+def points_of(
+    network: Network, data: Dataset, limit: int | None = None
+) -> tuple[FloatArray, np.ndarray, Box | None]:
+    """The first ``limit`` points of ``data`` shaped for ``network``, their labels, and the data
+    domain as a box (None when the data has no domain)."""
+    ds = data.take(limit).shaped(network.input_shape)
+    domain = None
+    if ds.domain is not None:
+        domain = Box.uniform(ds.domain[0], ds.domain[1], network.input_shape)
+    return ds.x, ds.y, domain
+
+
 def check(
     model: Network | str | Path,
     spec: Spec,
@@ -67,14 +79,11 @@ def check(
     else:
         if data is None:
             raise DataError(f"{describe(spec)} is checked at data points: give a data source")
-        ds = data.take(limit).shaped(network.input_shape)
-        domain = None
-        if ds.domain is not None:
-            domain = Box.uniform(ds.domain[0], ds.domain[1], network.input_shape)
+        xs, ys, domain = points_of(network, data, limit)
         results = []
-        for lo in range(0, len(ds), CHUNK):
-            hi = min(len(ds), lo + CHUNK)
-            results += eng.check(network, spec, ds.x[lo:hi], ds.y[lo:hi], domain)
+        for lo in range(0, len(xs), CHUNK):
+            hi = min(len(xs), lo + CHUNK)
+            results += eng.check(network, spec, xs[lo:hi], ys[lo:hi], domain)
             if progress is not None:
                 progress(hi - lo)
     return Report(
