@@ -9,7 +9,9 @@ from torch import nn
 
 from verispec.layers import GroupSort, MinMax
 from verispec.network import Network
-from verispec.regions import Norm
+from verispec.properties import Clause, Predicate
+from verispec.regions import Ball, Box, Norm, Polytope
+from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, SafeOrdering
 
 WEIGHT_SCALES = (1e-6, 0.1, 0.5, 1.0, 3.0)
 
@@ -101,3 +103,169 @@ def points(network: Network, count: int = 6) -> st.SearchStrategy[np.ndarray]:
 
 norms = st.sampled_from([Norm.L2, Norm.LINF])
 epsilons = st.sampled_from([0.01, 0.05, 0.1, 0.3])
+
+
+# -- exact solvers: small piecewise-linear networks, regions and all four spec kinds ----------
+
+
+@st.composite
+def small_networks(
+    draw: st.DrawFn,
+    min_inputs: int = 2,
+    max_inputs: int = 4,
+    max_hidden: int = 16,
+    activations: tuple[str, ...] = ("relu", "minmax"),
+) -> Network:
+    """A dense net with 1-2 hidden layers (even widths, at most ``max_hidden`` hidden units in
+    all) and 2-4 classes: small enough for the exact solvers."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    n_in = draw(st.integers(min_inputs, max_inputs))
+    classes = draw(st.integers(2, 4))
+    act = draw(st.sampled_from(activations))
+    depth = draw(st.integers(1, 2))
+    scale = draw(st.sampled_from((0.5, 1.0, 2.0)))
+    style = draw(st.sampled_from(["random", "random", "random", "duplicate"]))
+    layers: list[nn.Module] = []
+    width, left = n_in, max_hidden
+    for i in range(depth):
+        most = (left - 2 * (depth - 1 - i)) // 2  # leave room for the later layers
+        new = 2 * draw(st.integers(1, max(1, most)))
+        left -= new
+        layers += [_linear(rng, width, new, scale * 2, style), _activation(act)]
+        width = new
+    layers.append(_linear(rng, width, classes, scale * 2, style))
+    return Network.from_torch(nn.Sequential(*layers), (n_in,))
+
+
+@st.composite
+def image_networks(draw: st.DrawFn) -> Network:
+    """Normalize -> Conv2d -> activation (ReLU / MinMax / GroupSort(4)) -> AvgPool2d ->
+    Flatten -> Dense -> ReLU -> Dense on a small image: every layer kind of the IR."""
+    import torch
+
+    from verispec.layers import Normalize
+
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    c_in = draw(st.integers(1, 2))
+    side = draw(st.integers(4, 6))
+    act = draw(st.sampled_from(["relu", "minmax", "groupsort4"]))
+    c_out = 4 if act == "groupsort4" else 2 * draw(st.integers(1, 2))
+    k = draw(st.integers(2, 3))
+    stride = draw(st.integers(1, 2))
+    pad = draw(st.integers(0, 1))
+    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(rng.standard_normal(conv.weight.shape) * 0.5))
+        conv.bias.copy_(torch.from_numpy(rng.standard_normal(c_out) * 0.1))
+    norm = Normalize(
+        torch.from_numpy(rng.uniform(0.2, 0.6, c_in)), torch.from_numpy(rng.uniform(0.2, 1.0, c_in))
+    )
+    out = (side + 2 * pad - k) // stride + 1
+    pool = draw(st.integers(1, min(2, out)))
+    pooled = (out - pool) // pool + 1
+    hidden = draw(st.integers(2, 6))
+    classes = draw(st.integers(2, 3))
+    seq = nn.Sequential(
+        norm,
+        conv,
+        _activation(act),
+        nn.AvgPool2d(pool, pool),
+        nn.Flatten(),
+        _linear(rng, c_out * pooled * pooled, hidden, 1.0, "random"),
+        nn.ReLU(),
+        _linear(rng, hidden, classes, 1.0, "random"),
+    )
+    return Network.from_torch(seq, (c_in, side, side))
+
+
+def unit_points(n_in: int) -> st.SearchStrategy[np.ndarray]:
+    """One point of [0, 1]^n_in (coordinates at 0, 0.5 or 1 now and then)."""
+
+    def point(seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        snap = rng.choice([0.0, 0.5, 1.0, np.nan], size=n_in, p=[0.1, 0.1, 0.1, 0.7])
+        return np.where(np.isnan(snap), rng.uniform(0, 1, n_in), snap)
+
+    return st.integers(0, 2**32 - 1).map(point)
+
+
+region_radii = st.sampled_from([0.05, 0.1, 0.2, 0.4])
+
+
+@st.composite
+def regions(
+    draw: st.DrawFn, n_in: int, kinds: tuple[str, ...] = ("box", "linf", "l2", "polytope")
+) -> Box | Ball | Polytope:
+    """A non-empty region around a point of [0, 1]^n_in: a box, an l_inf ball intersected with
+    the domain [0, 1], an l2 ball (with or without the domain) or a polytope with a box (the
+    point satisfies its constraints, so it is non-empty)."""
+    kind = draw(st.sampled_from(kinds))
+    c = draw(unit_points(n_in))
+    r = draw(region_radii)
+    unit = Box.uniform(0.0, 1.0, (n_in,))
+    if kind == "box":
+        widths = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).uniform(0.2, 1.0, n_in)
+        return Box(c - r * widths, c + r * widths)
+    if kind == "linf":
+        return Ball(c, r, Norm.LINF, unit)
+    if kind == "l2":
+        return Ball(c, r, Norm.L2, draw(st.sampled_from([None, unit])))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rows = draw(st.integers(1, 3))
+    A = rng.standard_normal((rows, n_in))
+    b = A @ c + rng.uniform(0.0, 0.5 * r, rows) * np.linalg.norm(A, axis=1)
+    return Polytope(A, b, Box(c - r, c + r))
+
+
+def _groups_covering(rng: np.random.Generator, num_classes: int) -> list[list[int]]:
+    """1-3 random groups of classes, every class in at least one (so they often overlap)."""
+    count = int(rng.integers(1, 4))
+    groups = [
+        [int(v) for v in rng.choice(num_classes, int(rng.integers(1, num_classes + 1)), False)]
+        for _ in range(count)
+    ]
+    for cls in range(num_classes):
+        if not any(cls in g for g in groups):
+            groups[int(rng.integers(count))].append(cls)
+    return groups
+
+
+@st.composite
+def point_specs(draw: st.DrawFn, num_classes: int) -> LocalRobustness | RelaxedTopK | Affinity:
+    """A local-robustness, relaxed top-k or affinity spec (groups may overlap) for a model
+    with ``num_classes`` classes."""
+    kind = draw(st.sampled_from(["robustness", "topk", "affinity"]))
+    eps = draw(region_radii)
+    norm = draw(norms)
+    if kind == "robustness":
+        return LocalRobustness(eps, norm)
+    if kind == "topk":
+        return RelaxedTopK(draw(st.integers(1, max(1, num_classes - 1))), eps, norm)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return Affinity(_groups_covering(rng, num_classes), eps, norm, allow_overlap=True)
+
+
+@st.composite
+def orderings(draw: st.DrawFn, num_classes: int) -> Predicate:
+    """A DNF of 1-2 clauses, each a conjunction of 1-2 orderings y_a > y_b."""
+    pairs = [(a, b) for a in range(num_classes) for b in range(num_classes) if a != b]
+    clause = st.lists(st.sampled_from(pairs), min_size=1, max_size=2, unique=True)
+    chosen = draw(st.lists(clause, min_size=1, max_size=2))
+    return Predicate(tuple(Clause.orderings(c, num_classes) for c in chosen))
+
+
+@st.composite
+def safe_orderings(draw: st.DrawFn, n_in: int, num_classes: int) -> SafeOrdering:
+    """A safe-ordering spec with a box or a polytope (with a box) precondition, sometimes
+    restricted to inputs predicted in a set of classes."""
+    pre = draw(regions(n_in, ("box", "polytope")))
+    post = draw(orderings(num_classes))
+    predicted = draw(
+        st.one_of(
+            st.none(),
+            st.sets(st.integers(0, num_classes - 1), min_size=1, max_size=num_classes - 1),
+        )
+    )
+    return SafeOrdering(pre, post, predicted)
