@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import numpy as np
 
-from solvers.base import SolverConfig, solver_class
 from verispec.data import Dataset
 from verispec.engines.base import Engine, engine_class
 from verispec.errors import DataError
@@ -19,6 +19,9 @@ from verispec.regions import Box, FloatArray
 from verispec.results import CheckResult, Report, Verdict
 from verispec.specs import SafeOrdering, Spec
 from verispec.vnnlib import parse_vnnlib, result_text, safe_property
+
+if TYPE_CHECKING:
+    from solvers.base import SolverConfig
 
 CHUNK = 1024
 """Points handed to an engine per call (progress is reported between chunks)."""
@@ -121,6 +124,7 @@ def solve_vnnlib(
 ) -> VnnlibAnswer:
     """Decide a VNN-COMP instance: every input box of the file must keep f(x) out of its unsafe
     set. ``sat`` as soon as one box has a counterexample."""
+    from solvers.base import SolverConfig, solver_class
     from verispec.onnx import load_onnx
 
     start = time.perf_counter()
