@@ -116,8 +116,9 @@ def small_networks(
     max_hidden: int = 16,
     activations: tuple[str, ...] = ("relu", "minmax"),
 ) -> Network:
-    """A dense net with 1-2 hidden layers (even widths, at most ``max_hidden`` hidden units in
-    all) and 2-4 classes: small enough for the exact solvers."""
+    """A dense net with 1-2 hidden layers (widths multiples of the activation's group size, at
+    most ``max_hidden`` hidden units in all) and 2-4 classes: small enough for the exact
+    solvers."""
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     n_in = draw(st.integers(min_inputs, max_inputs))
@@ -128,9 +129,10 @@ def small_networks(
     style = draw(st.sampled_from(["random", "random", "random", "duplicate"]))
     layers: list[nn.Module] = []
     width, left = n_in, max_hidden
+    unit = 4 if act == "groupsort4" else 2  # widths fit the activation's groups
     for i in range(depth):
-        most = (left - 2 * (depth - 1 - i)) // 2  # leave room for the later layers
-        new = 2 * draw(st.integers(1, max(1, most)))
+        most = (left - unit * (depth - 1 - i)) // unit  # leave room for the later layers
+        new = unit * draw(st.integers(1, max(1, most)))
         left -= new
         layers += [_linear(rng, width, new, scale * 2, style), _activation(act)]
         width = new
