@@ -16,7 +16,7 @@ JSON schema (``Report.to_json``), version ``verispec.report/1``::
          "predicted": int|null, "label": int|null, "radius": float|null,
          "engine": str, "guarantee": "deterministic"|"probabilistic",
          "confidence": float,        # 1.0 for deterministic guarantees, 1 - alpha otherwise
-         "time_s": float, "detail": str,
+         "time_s": float, "detail": str, "warnings": [str, ...],
          "counterexample": [float, ...] | null,   # flattened input
          "counterexample_shape": [int, ...] | null}
       ]
@@ -56,6 +56,10 @@ class GuaranteeKind(enum.Enum):
     PROBABILISTIC = "probabilistic"
 
 
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(str(v) for v in value)
+
+
 def _optional_array(value: Any) -> FloatArray | None:
     if value is None:
         return None
@@ -78,6 +82,7 @@ class CheckResult:
     time_s: float = 0.0
     detail: str = ""
     counterexample: FloatArray | None = attrs.field(default=None, converter=_optional_array)
+    warnings: tuple[str, ...] = attrs.field(default=(), converter=_strings)
 
     def __attrs_post_init__(self) -> None:
         if (self.verdict is Verdict.FALSIFIED) != (self.counterexample is not None):
@@ -102,6 +107,7 @@ class CheckResult:
             "confidence": self.confidence,
             "time_s": self.time_s,
             "detail": self.detail,
+            "warnings": list(self.warnings),
             "counterexample": None if cex is None else cex.ravel().tolist(),
             "counterexample_shape": None if cex is None else list(cex.shape),
         }
@@ -122,6 +128,7 @@ class CheckResult:
             time_s=float(d.get("time_s", 0.0)),
             detail=d.get("detail", ""),
             counterexample=cex,
+            warnings=tuple(d.get("warnings", ())),
         )
 
 

@@ -1,0 +1,221 @@
+"""Randomized smoothing (Cohen, Rosenfeld & Kolter, ICML 2019), batched across points.
+
+The smoothed classifier is g(x) = argmax_c P[f(x + d) = c] with d ~ N(0, sigma^2 I). Its
+guarantees are *probabilistic* (they hold with probability >= 1 - alpha over the sampling) and
+concern g, not the network f:
+
+- CERTIFY: n0 samples choose c_A; n fresh samples count n_A = #{f(x + d) = c_A}; p_A is bounded
+  below by the one-sided Clopper-Pearson bound at level 1 - alpha (a beta quantile); if that is
+  < 1/2 the answer is ABSTAIN, else g is constant = c_A on the l2 ball of radius
+  sigma * Phi^-1(p_A_lower). A point is CERTIFIED for a spec's eps when the radius exceeds eps.
+- PREDICT: the top two counts of n samples and a two-sided binomial test; ABSTAIN when its
+  p-value exceeds alpha.
+
+Samples of many points share batches: the (point, sample) pairs of a chunk of points are
+enumerated flat and cut into batches of ``batch_size`` rows, so a small model stays busy and
+memory is bounded by the batch size. The generator is seeded from the config: the same seed
+gives the same result on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import attrs
+import numpy as np
+import torch
+from scipy import stats
+
+from verispec.engines.base import register_engine, resolve_device
+from verispec.errors import UnsupportedError
+from verispec.network import Network
+from verispec.regions import Box, FloatArray, Norm
+from verispec.results import CheckResult, GuaranteeKind, Verdict
+from verispec.specs import LocalRobustness, Spec
+
+NO_CLASS = -1
+"""The prediction recorded when the smoothed classifier abstains."""
+
+
+def clopper_pearson_lower(successes: np.ndarray, trials: int, alpha: float) -> np.ndarray:
+    """One-sided lower confidence bound (level 1 - alpha) on a binomial proportion: the alpha
+    quantile of Beta(k, n - k + 1); 0 when k = 0."""
+    k = np.asarray(successes, dtype=np.float64)
+    safe_k = np.maximum(k, 1.0)
+    out = stats.beta.ppf(alpha, safe_k, trials - safe_k + 1)
+    return np.where(k > 0, out, 0.0)
+
+
+def best_radius(sigma: float, n: int, alpha: float) -> float:
+    """The largest radius CERTIFY can return with n samples (when every sample votes c_A);
+    0 when even that cannot reach p_A_lower > 1/2."""
+    p = float(clopper_pearson_lower(np.array([n]), n, alpha)[0])
+    return sigma * float(stats.norm.ppf(p)) if p > 0.5 else 0.0
+
+
+@attrs.frozen
+class SmoothingConfig:
+    """Options of the smoothing engine."""
+
+    sigma: float = attrs.field(default=0.25, validator=attrs.validators.gt(0.0))
+    n0: int = attrs.field(default=100, validator=attrs.validators.ge(1))
+    n: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+    alpha: float = attrs.field(
+        default=0.001, validator=[attrs.validators.gt(0.0), attrs.validators.lt(0.5)]
+    )
+    batch_size: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+    device: str = "cpu"
+    seed: int = 0
+
+
+@attrs.frozen(eq=False)
+class Prediction:
+    """PREDICT for a batch of points: the class (NO_CLASS when abstaining) and the p-value."""
+
+    classes: np.ndarray
+    p_values: FloatArray
+
+
+@register_engine("smoothing")
+class SmoothingEngine:
+    """Certify the Gaussian-smoothed classifier of a network (l2 local robustness)."""
+
+    name = "smoothing"
+    Config = SmoothingConfig
+
+    def __init__(self, config: SmoothingConfig | None = None) -> None:
+        self.config = config or SmoothingConfig()
+        self.device = resolve_device(self.config.device)
+        self._modules: dict[str, torch.nn.Module] = {}
+
+    # -- sampling -------------------------------------------------------------------------------
+    def _module(self, network: Network) -> torch.nn.Module:
+        key = network.fingerprint()
+        if key not in self._modules:
+            module = network.module(torch.float32, self.device)
+            for p in module.parameters():
+                p.requires_grad_(False)
+            self._modules[key] = module
+        return self._modules[key]
+
+    def counts(
+        self, network: Network, xs: FloatArray, num: int, generator: torch.Generator
+    ) -> np.ndarray:
+        """Class counts (points, classes) of f(x + d) over ``num`` noise draws per point; the
+        draws of all points share batches of ``batch_size`` rows."""
+        module = self._module(network)
+        m = network.num_classes
+        points = torch.as_tensor(np.asarray(xs), dtype=torch.float32, device=self.device)
+        total = points.shape[0] * num
+        counts = torch.zeros(points.shape[0] * m, dtype=torch.int64, device=self.device)
+        bs = self.config.batch_size
+        with torch.no_grad():
+            for start in range(0, total, bs):
+                idx = torch.arange(start, min(total, start + bs), device=self.device) // num
+                batch = points[idx]
+                noise = torch.randn(
+                    batch.shape, generator=generator, device=self.device, dtype=torch.float32
+                )
+                labels = module(batch + self.config.sigma * noise).argmax(dim=1)
+                counts += torch.bincount(idx * m + labels, minlength=counts.numel())
+        return counts.reshape(-1, m).cpu().numpy()
+
+    def _generator(self) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.config.seed)
+        return gen
+
+    # -- CERTIFY and PREDICT -----------------------------------------------------------------
+    def certify(
+        self, network: Network, xs: FloatArray
+    ) -> tuple[np.ndarray, FloatArray, FloatArray]:
+        """(c_A, p_A_lower, radius) per point; radius -inf when abstaining (p_A_lower < 1/2)."""
+        cfg = self.config
+        gen = self._generator()
+        guess = self.counts(network, xs, cfg.n0, gen).argmax(axis=1)
+        counts = self.counts(network, xs, cfg.n, gen)
+        n_a = counts[np.arange(len(guess)), guess]
+        p_lower = clopper_pearson_lower(n_a, cfg.n, cfg.alpha)
+        with np.errstate(divide="ignore"):
+            radius = np.where(p_lower >= 0.5, cfg.sigma * stats.norm.ppf(p_lower), -np.inf)
+        return guess, p_lower, radius
+
+    def predict(self, network: Network, xs: FloatArray) -> Prediction:
+        """PREDICT: the top class of n draws, or NO_CLASS when a two-sided binomial test of the
+        top two counts is not significant at level alpha."""
+        counts = self.counts(network, xs, self.config.n, self._generator())
+        order = np.argsort(-counts, axis=1, kind="stable")
+        top, second = order[:, 0], order[:, 1]
+        rows = np.arange(len(top))
+        n_a, n_b = counts[rows, top], counts[rows, second]
+        p = np.array(
+            [stats.binomtest(int(a), int(a + b), 0.5).pvalue for a, b in zip(n_a, n_b, strict=True)]
+        )
+        return Prediction(np.where(p <= self.config.alpha, top, NO_CLASS), p)
+
+    # -- engine protocol ---------------------------------------------------------------------
+    def supports(self, network: Network, spec: Spec) -> None:
+        if not isinstance(spec, LocalRobustness):
+            raise UnsupportedError(
+                f"the smoothing engine certifies local robustness only, not "
+                f"{type(spec).__name__}: a smoothed classifier's top-k set or group is not "
+                "certified by the class-probability bound"
+            )
+        if spec.norm is not Norm.L2:
+            raise UnsupportedError("the smoothing engine certifies l2 balls only (Gaussian noise)")
+
+    def check(
+        self,
+        network: Network,
+        spec: Spec,
+        xs: FloatArray,
+        labels: np.ndarray | None = None,
+        domain: Box | None = None,
+    ) -> list[CheckResult]:
+        """CERTIFY every point; the domain is not used (g is defined on all of R^d)."""
+        self.supports(network, spec)
+        assert isinstance(spec, LocalRobustness)
+        cfg = self.config
+        reach = best_radius(cfg.sigma, cfg.n, cfg.alpha)
+        warning = ""
+        if reach <= spec.eps:
+            warning = (
+                f"certification impossible: with n={cfg.n}, alpha={cfg.alpha:g}, "
+                f"sigma={cfg.sigma:g} the largest certifiable radius is {reach:.4g} <= eps "
+                f"{spec.eps:g}; raise n or sigma"
+            )
+            warnings.warn(warning, stacklevel=2)
+        if len(xs) == 0:
+            return []
+        start = time.perf_counter()
+        guess, p_lower, radius = self.certify(network, xs)
+        per_point = (time.perf_counter() - start) / len(xs)
+        base = (
+            f"smoothed classifier g (sigma={cfg.sigma:g}, n0={cfg.n0}, n={cfg.n}, "
+            f"alpha={cfg.alpha:g}, seed={cfg.seed})"
+        )
+        out = []
+        for i in range(len(xs)):
+            abstain = not math.isfinite(radius[i])
+            if abstain:
+                verdict = Verdict.ABSTAIN
+            else:
+                verdict = Verdict.CERTIFIED if radius[i] > spec.eps else Verdict.UNKNOWN
+            detail = f"{base}; p_A >= {p_lower[i]:.6f}"
+            out.append(
+                CheckResult(
+                    verdict=verdict,
+                    engine=self.name,
+                    predicted=NO_CLASS if abstain else int(guess[i]),
+                    label=None if labels is None else int(labels[i]),
+                    radius=None if abstain else float(radius[i]),
+                    guarantee=GuaranteeKind.PROBABILISTIC,
+                    confidence=1.0 - cfg.alpha,
+                    time_s=per_point,
+                    detail=detail,
+                    warnings=(warning,) if warning else (),
+                )
+            )
+        return out
