@@ -17,6 +17,7 @@ from solvers.milp import MilpSolver
 from verispec.attacks import pgd_attack, sample_attack
 from verispec.audit import audit
 from verispec.engines.lipschitz import LipschitzBounds, LipschitzEngine
+from verispec.engines.smoothing import SmoothingConfig, SmoothingEngine
 from verispec.network import Network
 from verispec.properties import Goal
 from verispec.regions import Box, FloatArray, Norm
@@ -26,7 +27,9 @@ from verispec.specs import LocalRobustness, SafeOrdering, Spec
 EXACT_ENGINES = frozenset({"milp", "smt"})
 """Engines that wrap the exact solvers: they are the reference, not audited here."""
 
-ENGINE_CONFIGS: dict[str, Any] = {}
+ENGINE_CONFIGS: dict[str, Any] = {
+    "smoothing": SmoothingConfig(n=1000, alpha=0.01),
+}
 """Test configuration per engine name (engines with usable defaults need no entry)."""
 
 
@@ -131,3 +134,57 @@ class FalseWitnessEngine:
 
 def is_probabilistic(results: list[CheckResult]) -> bool:
     return any(r.guarantee is GuaranteeKind.PROBABILISTIC for r in results)
+
+
+def linear_binary_net(w: FloatArray, b: float) -> Network:
+    """f(x) = (w.x + b, 0): class 0 iff w.x + b > 0. Its Gaussian-smoothed classifier equals f
+    (P[f(x + d) = 0] = Phi((w.x + b) / (sigma ||w||))), so g's exact robust radius at x is the
+    distance |w.x + b| / ||w|| to the hyperplane."""
+    import torch
+    from torch import nn
+
+    lin = nn.Linear(w.size, 2).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(np.stack([w, np.zeros_like(w)])))
+        lin.bias.copy_(torch.tensor([b, 0.0]))
+    return Network.from_torch(lin, (w.size,))
+
+
+def probabilistic_wrong_certificates(engine: Any, cases: int, seed: int = 0) -> tuple[int, int]:
+    """(wrong, certified) over ``cases`` linear binary problems with eps near the exact radius:
+    a certificate is wrong when the smoothed prediction is not g(x) or the exact radius of g is
+    <= eps."""
+    rng = np.random.default_rng(seed)
+    wrong = certified = 0
+    for _ in range(cases):
+        d = int(rng.integers(2, 6))
+        w = rng.standard_normal(d)
+        x = rng.uniform(0, 1, d)
+        b = float(rng.normal(0, 0.3) - w @ x)
+        net = linear_binary_net(w, b)
+        true_radius = abs(w @ x + b) / np.linalg.norm(w)
+        eps = float(true_radius * rng.uniform(0.5, 1.5)) + 1e-6
+        (res,) = engine.check(net, LocalRobustness(eps, Norm.L2), x[None])
+        if res.verdict is Verdict.CERTIFIED:
+            certified += 1
+            g = 0 if w @ x + b > 0 else 1
+            wrong += res.predicted != g or true_radius <= eps
+    return wrong, certified
+
+
+class PointEstimateSmoothing(SmoothingEngine):
+    """Smoothing that uses the empirical p_A instead of its lower confidence bound: unsound."""
+
+    name = "point-estimate-smoothing"
+
+    def certify(self, network: Network, xs: FloatArray) -> Any:
+        guess, _, _ = super().certify(network, xs)
+        counts = self.counts(network, xs, self.config.n, self._generator())
+        p = counts[np.arange(len(guess)), guess] / self.config.n
+        from scipy import stats
+
+        with np.errstate(divide="ignore"):
+            radius = np.where(
+                p > 0.5, self.config.sigma * stats.norm.ppf(np.minimum(p, 1 - 1e-12)), -np.inf
+            )
+        return guess, p, radius

@@ -8,6 +8,8 @@ exhaustive profile with ``VERISPEC_SLOW=1`` (1,000 cases per test).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +20,11 @@ from torch import nn
 from tests.soundness import (
     ENGINE_CONFIGS,
     EXACT_ENGINES,
+    PointEstimateSmoothing,
     TieMaskingEngine,
+    is_probabilistic,
+    linear_binary_net,
+    probabilistic_wrong_certificates,
     soundness_problems,
 )
 from tests.strategies import point_specs, safe_orderings, small_networks, unit_points
@@ -53,7 +59,18 @@ def _supported(engine, network, spec) -> bool:
     return True
 
 
-@pytest.mark.parametrize("name", engines_under_test())
+def _deterministic(engine) -> bool:
+    """Whether the engine's guarantees are proofs (probabilistic ones are checked apart)."""
+    net = linear_binary_net(np.array([1.0, -1.0]), 0.1)
+    results = engine.check(net, LocalRobustness(0.01, Norm.L2), np.array([[0.5, 0.5]]))
+    return not is_probabilistic(results)
+
+
+DETERMINISTIC = [n for n in engines_under_test() if _deterministic(_engine(n))]
+PROBABILISTIC = [n for n in engines_under_test() if n not in DETERMINISTIC]
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
 @SETTINGS
 @given(data=st.data())
 def test_point_specs_are_sound(name, data):
@@ -66,7 +83,7 @@ def test_point_specs_are_sound(name, data):
     assert soundness_problems(engine, net, spec, xs, domain) == []
 
 
-@pytest.mark.parametrize("name", engines_under_test())
+@pytest.mark.parametrize("name", DETERMINISTIC)
 @SETTINGS
 @given(data=st.data())
 def test_safe_orderings_are_sound(name, data):
@@ -90,7 +107,7 @@ def _tied_network() -> Network:
     return Network.from_torch(seq, (2,))
 
 
-@pytest.mark.parametrize("name", engines_under_test())
+@pytest.mark.parametrize("name", DETERMINISTIC)
 def test_regression_ties_are_never_certified(name):
     """Published bug class: tie masking certified points on the decision boundary."""
     net = _tied_network()
@@ -110,7 +127,7 @@ def test_regression_tie_masking_engine_is_caught():
     assert len(problems) >= 10  # every point: MILP and the attacks refute it at the point
 
 
-@pytest.mark.parametrize("name", engines_under_test())
+@pytest.mark.parametrize("name", DETERMINISTIC)
 def test_regression_tiny_weights_keep_sound_constants(name):
     """Published bug class: a normalisation constant under-estimated the spectral norm of
     small weights. A linear model with 1e-6 weights: certified radius must not exceed the
@@ -129,3 +146,33 @@ def test_regression_tiny_weights_keep_sound_constants(name):
     above = LocalRobustness(exact * 1.001, Norm.L2)
     assert engine.check(net, above, x[None])[0].verdict is not Verdict.CERTIFIED
     assert soundness_problems(engine, net, above, x[None], None) == []
+
+
+CASES = 1000 if os.environ.get("VERISPEC_SLOW") else 200
+WRONG_LIMIT_SIGMAS = 4.0
+
+
+def _wrong_limit(alpha: float, certified: int) -> float:
+    """Certified-but-wrong counts above this are implausible (> 4 standard deviations) for an
+    engine whose certificates each fail with probability <= alpha."""
+    return alpha * certified + WRONG_LIMIT_SIGMAS * np.sqrt(alpha * certified) + 1
+
+
+@pytest.mark.parametrize("name", PROBABILISTIC)
+def test_probabilistic_engines_are_wrong_at_most_alpha_often(name):
+    engine = _engine(name)
+    wrong, certified = probabilistic_wrong_certificates(engine, CASES)
+    alpha = (
+        1.0
+        - engine.check(
+            linear_binary_net(np.ones(2), 0.3), LocalRobustness(0.01, Norm.L2), np.zeros((1, 2))
+        )[0].confidence
+    )
+    assert certified >= CASES // 5  # the check must have something to check
+    assert wrong <= _wrong_limit(alpha, certified), (wrong, certified)
+
+
+def test_statistical_check_catches_point_estimate_smoothing():
+    engine = PointEstimateSmoothing(ENGINE_CONFIGS["smoothing"])
+    wrong, certified = probabilistic_wrong_certificates(engine, 200)
+    assert wrong > _wrong_limit(0.01, certified), (wrong, certified)
