@@ -106,6 +106,13 @@ def main() -> None:
     help="write the reports as JSON",
 )
 @click.option("--device", default=None, help="torch device, e.g. cpu or cuda")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="draw certified accuracy against radius (PNG; needs matplotlib)",
+)
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def check(
     spec: str,
@@ -113,51 +120,86 @@ def check(
     limit: int | None,
     json_path: str | None,
     device: str | None,
+    plot_path: str | None,
     debug: bool,
 ) -> None:
-    """Check every property of the spec file SPEC and print a table per property."""
+    """Check every property of the spec file SPEC and print a table per property.
+
+    A property may name its own model and engine in the file; --engine overrides every
+    engine, and properties that engine does not support are skipped with the reason.
+    """
 
     def run() -> None:
-        import attrs
-
         from verispec.api import check as vcheck
-        from verispec.engines.base import engine_class
         from verispec.errors import UnsupportedError
         from verispec.specfile import load_specfile
 
         sf = load_specfile(spec, limit=limit)
-        name = engine_name or sf.engine_name
-        config = sf.engine_config if name == sf.engine_name else engine_class(name).Config()
-        if device is not None:
-            if not hasattr(config, "device"):
-                raise UnsupportedError(f"engine {name!r} has no device option")
-            config = attrs.evolve(config, device=device)
-        engine = engine_class(name)(config)
+        engines: dict[tuple[str, int], Any] = {}
         reports = []
         for prop in sf.properties:
+            engine = _engine_for(sf, prop, engine_name, device, engines)
+            network = prop.network or sf.network
             total = 0 if sf.data is None else len(sf.data.take(sf.limit))
             show = sys.stderr.isatty() and total >= PROGRESS_MIN_POINTS
-            with click.progressbar(
-                length=total, label=prop.name, file=sys.stderr, show_pos=True, hidden=not show
-            ) as bar:
-                report = vcheck(
-                    sf.network,
-                    prop.spec,
-                    sf.data,
-                    engine,
-                    limit=sf.limit,
-                    name=prop.name,
-                    radii=sf.radii if prop.radii is None else prop.radii,
-                    progress=bar.update,
-                )
+            try:
+                with click.progressbar(
+                    length=total, label=prop.name, file=sys.stderr, show_pos=True, hidden=not show
+                ) as bar:
+                    report = vcheck(
+                        network,
+                        prop.spec,
+                        sf.data,
+                        engine,
+                        limit=sf.limit,
+                        name=prop.name,
+                        radii=sf.radii if prop.radii is None else prop.radii,
+                        progress=bar.update,
+                    )
+            except UnsupportedError as err:
+                if engine_name is None:
+                    raise
+                click.echo(f"{prop.name}\n  skipped: {err}\n")
+                continue
             reports.append(report)
             click.echo(report_table(report) + "\n")
         if json_path:
             payload = {"spec_file": str(sf.path), "reports": [r.to_dict() for r in reports]}
             Path(json_path).write_text(json.dumps(payload, indent=1))
             click.echo(f"wrote {json_path}")
+        if plot_path:
+            from verispec.plot import plot_certified_accuracy
+
+            plot_certified_accuracy(reports, plot_path)
+            click.echo(f"wrote {plot_path}")
 
     _guard(debug, run)
+
+
+def _engine_for(
+    sf: Any, prop: Any, override: str | None, device: str | None, cache: dict[Any, Any]
+) -> Any:
+    """The engine a property runs on: --engine, else the property's own, else the file's."""
+    import attrs
+
+    from verispec.engines.base import engine_class
+    from verispec.errors import UnsupportedError
+
+    if override is not None:
+        name = override
+        config = sf.engine_config if name == sf.engine_name else engine_class(name).Config()
+    elif prop.engine_name is not None:
+        name, config = prop.engine_name, prop.engine_config
+    else:
+        name, config = sf.engine_name, sf.engine_config
+    key = (name, id(config))
+    if key not in cache:
+        if device is not None:
+            if not hasattr(config, "device"):
+                raise UnsupportedError(f"engine {name!r} has no device option")
+            config = attrs.evolve(config, device=device)
+        cache[key] = engine_class(name)(config)
+    return cache[key]
 
 
 def audit_table(report: Any) -> str:
@@ -220,23 +262,27 @@ def audit(
         from solvers.base import SolverConfig, solver_class
         from verispec.api import points_of
         from verispec.audit import audit as vaudit
-        from verispec.engines.base import engine_class
+        from verispec.errors import UnsupportedError
         from verispec.specfile import load_specfile
         from verispec.specs import SafeOrdering
 
         sf = load_specfile(spec, limit=limit)
-        name = engine_name or sf.engine_name
-        config = sf.engine_config if name == sf.engine_name else engine_class(name).Config()
-        engine = engine_class(name)(config)
         exact = solver_class(solver)(SolverConfig(timeout=timeout))
+        engines: dict[tuple[str, int], Any] = {}
         reports = []
         for prop in sf.properties:
+            engine = _engine_for(sf, prop, engine_name, None, engines)
+            network = prop.network or sf.network
             xs = ys = domain = None
             if not isinstance(prop.spec, SafeOrdering):
                 if sf.data is None:
                     raise click.UsageError(f"property {prop.name!r} needs data points")
-                xs, ys, domain = points_of(sf.network, sf.data, sf.limit)
-            report = vaudit(engine, exact, sf.network, prop.spec, xs, ys, domain, timeout)
+                xs, ys, domain = points_of(network, sf.data, sf.limit)
+            try:
+                report = vaudit(engine, exact, network, prop.spec, xs, ys, domain, timeout)
+            except UnsupportedError as err:
+                click.echo(f"{prop.name}\n  skipped: {err}\n")
+                continue
             reports.append(report)
             click.echo(f"{prop.name}\n{audit_table(report)}\n")
         if json_path:

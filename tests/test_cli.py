@@ -1,3 +1,4 @@
+import itertools
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ def test_check_prints_tables_and_writes_json(tmp_path):
     assert "robust-l2-0.3" in res.output and "VRA" in res.output
     assert "safe-ordering-zero" in res.output
     payload = json.loads(out.read_text())
-    assert len(payload["reports"]) == 5
+    assert len(payload["reports"]) == 6
     first = payload["reports"][0]
     assert first["summary"]["points"] == 40
     assert first["schema"] == "verispec.report/1"
@@ -49,3 +50,54 @@ def test_info_lists_layers_and_k(tmp_path):
     junk.write_bytes(b"not a model")
     res = CliRunner().invoke(main, ["info", str(junk)])
     assert res.exit_code == 2 and "not a verispec model" in res.output
+
+
+def test_smoothing_property_uses_its_own_model_and_engine_and_plots(tmp_path):
+    png = tmp_path / "curve.png"
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(
+        main, ["check", SPEC, "--limit", "20", "--plot", str(png), "--json", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "smoothed-l2-0.3" in res.output and "smoothing" in res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    reports = {r["property"]: r for r in json.loads(out.read_text())["reports"]}
+    smooth = reports["smoothed-l2-0.3"]
+    assert smooth["engine"] == "smoothing"
+    assert smooth["results"][0]["guarantee"] == "probabilistic"
+    curve = smooth["summary"]["curve"]
+    assert curve[0][0] == 0.0 and all(a >= b for (_, a), (_, b) in itertools.pairwise(curve))
+    assert reports["robust-l2-0.3"]["engine"] == "lipschitz"
+
+
+def test_engine_override_skips_unsupported_properties(tmp_path):
+    res = CliRunner().invoke(main, ["check", SPEC, "--limit", "2", "--engine", "milp"])
+    assert res.exit_code == 0, res.output
+    assert "engine             milp" in res.output or "milp" in res.output
+    res = CliRunner().invoke(main, ["check", SPEC, "--limit", "2", "--engine", "smoothing"])
+    assert res.exit_code == 0, res.output
+    assert "skipped" in res.output and "local robustness only" in res.output
+
+
+BENCH = ROOT.parent / "shared" / "benchmarks" / "vnncomp2021" / "test"
+
+
+def test_vnnlib_answers_sat_and_unsat(tmp_path):
+    import pytest
+
+    if not BENCH.is_dir():
+        pytest.skip("VNN-COMP benchmarks not present")
+    prop = str(BENCH / "test_prop.vnnlib")
+    out = tmp_path / "result.txt"
+    res = CliRunner().invoke(
+        main, ["vnnlib", str(BENCH / "test_sat.onnx"), prop, "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    lines = out.read_text().splitlines()
+    assert lines[0] == "sat" and lines[1].startswith("((X_0 ") and "(Y_4 " in lines[-1]
+    res = CliRunner().invoke(
+        main, ["vnnlib", str(BENCH / "test_unsat.onnx"), prop, "--solver", "smt"]
+    )
+    assert res.exit_code == 0 and res.output.strip() == "unsat"
+    res = CliRunner().invoke(main, ["vnnlib", str(tmp_path / "none.onnx"), prop])
+    assert res.exit_code == 2 and "none.onnx" in res.output

@@ -26,6 +26,9 @@ class GroupSort(nn.Module):
             raise ValueError(f"GroupSort({self.group_size}): {c} features is not a multiple")
         shape = x.shape
         grouped = x.reshape(shape[0], c // self.group_size, self.group_size, *shape[2:])
+        if self.group_size == 2:  # min/max is several times faster than a sort of pairs
+            a, b = grouped.unbind(dim=2)
+            return torch.stack((torch.minimum(a, b), torch.maximum(a, b)), dim=2).reshape(shape)
         return grouped.sort(dim=2).values.reshape(shape)
 
     def extra_repr(self) -> str:

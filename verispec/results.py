@@ -10,7 +10,9 @@ JSON schema (``Report.to_json``), version ``verispec.report/1``::
       "radii": [float, ...],         # radii of the certified-accuracy curve
       "summary": {"points": int, "clean_accuracy": float|null, "vra": float|null,
                   "counts": {"certified": int, ...}, "median_radius": float|null,
-                  "certified_accuracy": [[radius, accuracy], ...], "points_per_second": float},
+                  "certified_accuracy": [[radius, accuracy], ...],   # at "radii"
+                  "curve": [[radius, accuracy], ...],  # 50 radii up to the largest radius
+                  "points_per_second": float},
       "results": [
         {"verdict": "certified"|"falsified"|"unknown"|"abstain"|"timeout",
          "predicted": int|null, "label": int|null, "radius": float|null,
@@ -202,6 +204,16 @@ class Report:
             out.append((float(rad), float(np.mean(ok)) if ok else float("nan")))
         return out
 
+    def curve(self, points: int = 50) -> list[tuple[float, float]]:
+        """Certified accuracy at ``points`` radii from 0 to just past the largest finite
+        certified radius (empty when no result has a radius)."""
+        radii = [r.radius for r in self.results if r.radius is not None]
+        finite = [r for r in radii if math.isfinite(r) and r > 0]
+        if not radii:
+            return []
+        top = max(finite, default=1.0) * 1.05
+        return self.certified_accuracy(list(np.linspace(0.0, top, points)))
+
     @property
     def points_per_second(self) -> float:
         return self.points / self.wall_time_s if self.wall_time_s > 0 else float("inf")
@@ -221,6 +233,7 @@ class Report:
                 "counts": self.counts,
                 "median_radius": _json_float(self.median_radius),
                 "certified_accuracy": [list(p) for p in self.certified_accuracy()],
+                "curve": [list(p) for p in self.curve()],
                 "points_per_second": _json_float(self.points_per_second),
             },
             "results": [r.to_dict() for r in self.results],

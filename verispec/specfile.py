@@ -19,6 +19,8 @@ Format (paths are relative to the spec file)::
     [[property]]
     kind = "local_robustness"     # | relaxed_top_k | affinity | safe_ordering
     name = "robust-l2"            # optional
+    model = "models/other.pt"     # optional: this property's own model
+    # [property.engine] name = "smoothing", sigma = 0.25, ...   (optional: its own engine)
     eps = 0.3
     norm = "l2"                   # l2 | linf
     # relaxed_top_k: k = 2;  affinity: groups = [[1, 7], [3, 8]], allow_overlap = false
@@ -52,13 +54,17 @@ _ATOM = re.compile(r"^\s*y(\d+)\s*>\s*y(\d+)\s*$")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class NamedSpec:
-    """A property of a spec file: its name, typed spec and (optional) own curve radii."""
+    """A property of a spec file: its name, typed spec, (optional) own curve radii, and
+    (optional) its own model and engine, overriding the file's."""
 
     name: str
     spec: Spec
     radii: tuple[float, ...] | None = None
+    network: Network | None = None
+    engine_name: str | None = None
+    engine_config: Any = None
 
 
 @attrs.frozen(eq=False)
@@ -160,10 +166,7 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
     top = _Table(file, "", raw)
     base = file.parent
     model_path = base / top.get("model", str, required=True)
-    try:
-        network = load_model(model_path)[0]
-    except ModelFileError as err:
-        raise top.error("model", str(err)) from None
+    network = _model(top, base)
 
     data, domain, file_limit = _data(top, base)
     engine_name, engine_config = _engine(top)
@@ -178,7 +181,14 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
     props = []
     for i, rp in enumerate(raw_props):
         t = _Table(file, f"property[{i}]", rp)
-        props.append(_property(t, network, data, domain))
+        own = None
+        if t.has("model"):
+            own = _model(t, base)
+        named = _property(t, own or network, data, domain)
+        own_engine = _engine(t) if t.has("engine") else (None, None)
+        props.append(
+            attrs.evolve(named, network=own, engine_name=own_engine[0], engine_config=own_engine[1])
+        )
         t.finish()
     top.finish()
     names = [p.name for p in props]
@@ -198,6 +208,13 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
         radii,
         tuple(props),
     )
+
+
+def _model(t: _Table, base: Path) -> Network:
+    try:
+        return load_model(base / t.get("model", str, required=True))[0]
+    except ModelFileError as err:
+        raise t.error("model", str(err)) from None
 
 
 def _data(top: _Table, base: Path) -> tuple[Dataset | None, tuple[float, float] | None, int | None]:

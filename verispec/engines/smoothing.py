@@ -107,18 +107,24 @@ class SmoothingEngine:
         draws of all points share batches of ``batch_size`` rows."""
         module = self._module(network)
         m = network.num_classes
-        points = torch.as_tensor(np.asarray(xs), dtype=torch.float32, device=self.device)
+        points = torch.as_tensor(np.array(xs), dtype=torch.float32, device=self.device)
         total = points.shape[0] * num
         counts = torch.zeros(points.shape[0] * m, dtype=torch.int64, device=self.device)
-        bs = self.config.batch_size
+        bs = min(self.config.batch_size, max(total, 1))
+        buf = torch.empty((bs, *points.shape[1:]), dtype=torch.float32, device=self.device)
         with torch.no_grad():
             for start in range(0, total, bs):
-                idx = torch.arange(start, min(total, start + bs), device=self.device) // num
-                batch = points[idx]
-                noise = torch.randn(
-                    batch.shape, generator=generator, device=self.device, dtype=torch.float32
-                )
-                labels = module(batch + self.config.sigma * noise).argmax(dim=1)
+                stop = min(total, start + bs)
+                idx = torch.arange(start, stop, device=self.device) // num
+                batch = buf[: stop - start]
+                torch.randn(batch.shape, generator=generator, out=batch)
+                batch.mul_(self.config.sigma)
+                first, last = start // num, (stop - 1) // num
+                if first == last:  # one point in this batch: broadcast, no gather
+                    batch.add_(points[first])
+                else:
+                    batch.add_(points.index_select(0, idx))
+                labels = module(batch).argmax(dim=1)
                 counts += torch.bincount(idx * m + labels, minlength=counts.numel())
         return counts.reshape(-1, m).cpu().numpy()
 
