@@ -128,3 +128,38 @@ def test_file_level_errors(workdir):
         _load(workdir, 'model = "m.pt"\n[data]\nsource = "foo:bar"\n')
     with pytest.raises(SpecFileError, match="key 'data': point properties need"):
         _load(workdir, 'model = "m.pt"\n[[property]]\nkind="local_robustness"\neps=0.1\n')
+
+
+def test_a_property_may_bring_its_own_model_and_engine(workdir):
+    shutil.copy(ROOT / "specs/models/digits_noise.pt", workdir / "noise.pt")
+    sf = _load(
+        workdir,
+        HEADER
+        + '[[property]]\nkind = "local_robustness"\neps = 0.3\n'
+        + '[[property]]\nkind = "local_robustness"\neps = 0.3\nmodel = "noise.pt"\n'
+        + '[property.engine]\nname = "smoothing"\nsigma = 0.5\nn = 500\n',
+    )
+    first, second = sf.properties
+    assert first.network is None and first.engine_name is None
+    assert second.network is not None and second.network is not sf.network
+    assert second.engine_name == "smoothing"
+    assert second.engine_config.sigma == 0.5 and second.engine_config.n == 500
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ('model = "missing.pt"\n', "[property[0]] key 'model'"),
+        ('[property.engine]\nname = "nope"\n', "[property[0].engine] key 'name'"),
+        (
+            '[property.engine]\nname = "smoothing"\nsigma = "big"\n',
+            "[property[0].engine] key 'sigma'",
+        ),
+        ('[property.engine]\nname = "smoothing"\nbogus = 1\n', "[property[0].engine] key 'bogus'"),
+    ],
+)
+def test_property_model_and_engine_errors_name_the_key(workdir, body, fragment):
+    text = HEADER + '[[property]]\nkind = "local_robustness"\neps = 0.3\n' + body
+    with pytest.raises(SpecFileError) as err:
+        _load(workdir, text)
+    assert fragment in str(err.value)
