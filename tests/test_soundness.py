@@ -27,13 +27,20 @@ from tests.soundness import (
     probabilistic_wrong_certificates,
     soundness_problems,
 )
-from tests.strategies import point_specs, safe_orderings, small_networks, unit_points
+from tests.strategies import (
+    _groups_covering,
+    norms,
+    region_radii,
+    safe_orderings,
+    small_networks,
+    unit_points,
+)
 from verispec.engines.base import ENGINES, _load_builtin_engines, engine_class
 from verispec.errors import UnsupportedError
 from verispec.network import Network
 from verispec.regions import Box, Norm
 from verispec.results import Verdict
-from verispec.specs import LocalRobustness
+from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, Spec
 
 SETTINGS = settings(
     deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -70,12 +77,24 @@ DETERMINISTIC = [n for n in engines_under_test() if _deterministic(_engine(n))]
 PROBABILISTIC = [n for n in engines_under_test() if n not in DETERMINISTIC]
 
 
+@st.composite
+def _spec_of_kind(draw: st.DrawFn, kind: str, num_classes: int) -> Spec:
+    eps, norm = draw(region_radii), draw(norms)
+    if kind == "LocalRobustness":
+        return LocalRobustness(eps, norm)
+    if kind == "RelaxedTopK":
+        return RelaxedTopK(draw(st.integers(1, max(1, num_classes - 1))), eps, norm)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return Affinity(_groups_covering(rng, num_classes), eps, norm, allow_overlap=True)
+
+
+@pytest.mark.parametrize("kind", ["LocalRobustness", "RelaxedTopK", "Affinity"])
 @pytest.mark.parametrize("name", DETERMINISTIC)
 @SETTINGS
 @given(data=st.data())
-def test_point_specs_are_sound(name, data):
+def test_point_specs_are_sound(name, kind, data):
     net = data.draw(small_networks(max_hidden=12))
-    spec = data.draw(point_specs(net.num_classes))
+    spec = data.draw(_spec_of_kind(kind, net.num_classes))
     xs = np.stack([data.draw(unit_points(net.input_size)) for _ in range(3)])
     engine = _engine(name)
     assume(_supported(engine, net, spec))
