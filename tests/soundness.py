@@ -17,6 +17,7 @@ from solvers.milp import MilpSolver
 from verispec.attacks import pgd_attack, sample_attack
 from verispec.audit import audit
 from verispec.engines.lipschitz import LipschitzBounds, LipschitzEngine
+from verispec.engines.projections import ProjectionsConfig
 from verispec.engines.smoothing import SmoothingConfig, SmoothingEngine
 from verispec.network import Network
 from verispec.properties import Goal
@@ -29,6 +30,7 @@ EXACT_ENGINES = frozenset({"milp", "smt"})
 
 ENGINE_CONFIGS: dict[str, Any] = {
     "smoothing": SmoothingConfig(n=1000, alpha=0.01),
+    "projections": ProjectionsConfig(max_regions=2000, time_per_point=5.0),
 }
 """Test configuration per engine name (engines with usable defaults need no entry)."""
 

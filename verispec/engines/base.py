@@ -72,7 +72,7 @@ def engine_class(name: str) -> type[Any]:
 
 def _load_builtin_engines() -> None:
     """Import the modules that register the built-in engines (explicit, no import-time magic)."""
-    from verispec.engines import exact, lipschitz, smoothing  # noqa: F401
+    from verispec.engines import exact, lipschitz, projections, smoothing  # noqa: F401
 
 
 def batches(n: int, size: int) -> Iterator[slice]:

@@ -1,0 +1,679 @@
+"""Fast geometric projections (Fromherz, Leino, Fredrikson, Parno & Pasareanu, ICLR 2021).
+
+The network is lowered to its exact piecewise-linear normal form (``solvers.lowering``: affine
+maps separated by partial ReLU layers; MinMax / GroupSort become compare-swap ReLUs, so an
+activation region fixes the order inside every group). An *activation pattern* (one bit per
+ReLU of the lowered net) fixes an affine map; its region is where every pre-activation has the
+pattern's sign.
+
+For one point x, an input set S around it (an l2 ball, or per-coordinate radii r: an l_inf
+ball, or a box), and a goal (alternatives of DNFs of atoms ``c . y + d > 0``):
+
+- breadth-first over patterns, starting from x's own: in a pattern, the pre-activation of ReLU
+  i is an affine function v(x') = w . x' + b; its hyperplane is *within reach* when
+  ``|v(x)| <= rho(w)``, with rho(w) = eps ||w||_2 (l2) or |w| . r (boxes, l_inf: the dual
+  norm), i.e. when the hyperplane (not the facet: an over-approximation) meets S. The pattern
+  with bit i flipped is then queued. Every pattern realised somewhere in S is reached: along
+  the segment from x to any x' in S, the true pattern changes only at points p where the
+  flipped pre-activations are 0; every pattern in between (old bits, some flipped) computes
+  the true values at p, so each flip's hyperplane passes through p, within reach.
+- an atom is *safe* in a pattern when its affine value a(x') = w . x' + b stays > 0 on all of
+  S: ``a(x) - rho(w) > 0``. An alternative holds on S if in every visited pattern one of its
+  clauses has only safe atoms; the goal is CERTIFIED when the queue empties with an
+  alternative still holding. Ties (a zero margin) are never safe.
+- float64 throughout, with safety margins: eps (or r) is enlarged by a factor 1 + 1e-9 plus
+  1e-12, and every comparison is loosened by 1e-9 times a triangle-inequality bound on the
+  magnitudes involved (far above float64 round-off), always in the direction that explores
+  more and certifies less. The data domain is ignored for exploration (exploring more is
+  sound) but every witness is clamped into it.
+- when no alternative can hold, each unsafe atom's hyperplane is a decision boundary within
+  reach: x is projected onto it in the set's own norm (l2: along w; l_inf / box: along
+  sign(w) scaled by r), pushed slightly across, clamped into S and the domain, and
+  re-evaluated in float64 (``Goal.is_counterexample``): FALSIFIED with that witness; else a
+  short PGD; else UNKNOWN. A region or time budget gives TIMEOUT (after the same PGD).
+
+Work is batched: many patterns of many points per forward pass. The first layer's values and
+reach are cached per point (they do not depend on the pattern). For l2 with more inputs than
+first-layer neurons, row norms are computed through the Gram matrix of the first layer.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from solvers.lowering import PiecewiseLinearNet, lower
+from verispec.attacks import first_counterexample, pgd_attack
+from verispec.engines.base import register_engine, resolve_device
+from verispec.errors import SpecError, UnsupportedError
+from verispec.network import Network
+from verispec.properties import Goal
+from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
+from verispec.results import CheckResult, GuaranteeKind, Verdict
+from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, SafeOrdering, Spec
+
+REL_MARGIN = 1e-9
+"""Relative enlargement of eps / radii, and relative slack of every float comparison."""
+ABS_MARGIN = 1e-12
+"""Absolute enlargement of eps / radii."""
+PUSH = (1e-6, 1e-3, 0.05)
+"""How far past a decision hyperplane (relative to the distance) witnesses are placed."""
+
+
+@attrs.frozen
+class ProjectionsConfig:
+    """Options of the projections engine."""
+
+    max_regions: int = attrs.field(default=20_000, validator=attrs.validators.gt(0))
+    """Activation regions evaluated per point before giving up (TIMEOUT)."""
+    time_per_point: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    """Seconds of exploration per point (its share of the batched passes) before TIMEOUT."""
+    batch_size: int = attrs.field(default=64, validator=attrs.validators.gt(0))
+    """Regions evaluated per batched pass (across points)."""
+    device: str = "cpu"
+    pgd_steps: int = attrs.field(default=30, validator=attrs.validators.ge(0))
+    pgd_restarts: int = attrs.field(default=2, validator=attrs.validators.ge(0))
+    """Short PGD before answering UNKNOWN / TIMEOUT (0 disables it)."""
+    max_boundaries: int = attrs.field(default=16, validator=attrs.validators.gt(0))
+    """Decision hyperplanes kept per point for projection witnesses."""
+    seed: int = 0
+
+
+class Outcome(enum.Enum):
+    """How the exploration of one point ended."""
+
+    CERTIFIED = "certified"
+    BOUNDARY = "boundary"  # a decision boundary within reach: no alternative can be certified
+    BUDGET = "budget"  # region or time budget exhausted
+
+
+@attrs.frozen(eq=False)
+class Boundary:
+    """An unsafe atom in some region: value ``a(x) = value`` and direction ``w`` (flat input)."""
+
+    value: float
+    w: FloatArray
+
+
+@attrs.frozen(eq=False)
+class Exploration:
+    """The exploration of one point: outcome, regions evaluated, time, boundaries found."""
+
+    outcome: Outcome
+    regions: int
+    time_s: float
+    boundaries: tuple[Boundary, ...] = ()
+
+
+@attrs.frozen(eq=False)
+class Target:
+    """One question: the set S (centre, and l2 ``eps`` or per-coordinate ``radii``), the goal
+    (with the exact region, for witnesses) and the goal's atoms ``C y + d`` grouped into
+    clauses (atom indices) and alternatives (clause lists)."""
+
+    centre: FloatArray  # (d,)
+    eps: float | None
+    radii: FloatArray | None  # (d,)
+    goal: Goal
+    C: FloatArray  # (T, m)
+    d: FloatArray  # (T,)
+    alternatives: tuple[tuple[tuple[int, ...], ...], ...]
+
+    @classmethod
+    def of_goal(
+        cls, goal: Goal, centre: FloatArray, eps: float | None, radii: FloatArray | None, m: int
+    ) -> Target:
+        rows: list[FloatArray] = []
+        offs: list[float] = []
+        alts = []
+        for prop in goal.alternatives:
+            clauses = []
+            for clause in prop.predicate.clauses:
+                start = len(rows)
+                rows.extend(clause.C)
+                offs.extend(clause.d)
+                clauses.append(tuple(range(start, len(rows))))
+            alts.append(tuple(clauses))
+        C = np.array(rows, dtype=np.float64).reshape(len(rows), m)
+        return cls(centre, eps, radii, goal, C, np.array(offs, dtype=np.float64), tuple(alts))
+
+    @property
+    def trivial(self) -> bool:
+        """Some alternative has an empty clause: it holds everywhere."""
+        return any(any(len(c) == 0 for c in alt) for alt in self.alternatives)
+
+
+class _Lowered:
+    """The lowered network as float64 tensors on the device, with first-layer caches."""
+
+    def __init__(self, net: PiecewiseLinearNet, device: torch.device) -> None:
+        def t(a: FloatArray) -> torch.Tensor:
+            return torch.tensor(np.asarray(a, dtype=np.float64), device=device)
+
+        self.net = net
+        self.device = device
+        self.W = [t(w) for w in net.weights]
+        self.b = [t(b) for b in net.biases]
+        self.Wabs = [w.abs() for w in self.W]
+        self.babs = [b.abs() for b in self.b]
+        self.masked = [torch.as_tensor(np.flatnonzero(m), device=device) for m in net.relu]
+        sizes = [int(m.sum()) for m in net.relu]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        self.num_bits = int(self.offsets[-1])
+        W1 = self.W[0]
+        self.row_l2 = W1.norm(dim=1)
+        self._gram: tuple[torch.Tensor, float] | None = None
+
+    @property
+    def input_size(self) -> int:
+        return self.net.input_size
+
+    def gram(self) -> tuple[torch.Tensor, float]:
+        """G = W1 W1^T and an upper bound of || |W1| |W1|^T ||_2 (for the round-off slack)."""
+        if self._gram is None:
+            W1 = self.W[0]
+            G = W1 @ W1.T
+            bound = float(torch.linalg.matrix_norm(self.Wabs[0] @ self.Wabs[0].T, ord="fro"))
+            self._gram = (G, bound)
+        return self._gram
+
+    def pattern_of(self, x: FloatArray) -> NDArray[np.bool_]:
+        """The activation pattern (flat bits, z >= 0 is active) of flat input ``x`` (d,)."""
+        zs = self.net.pre_activations(x[None])
+        bits = [zs[k][0][self.net.relu[k]] >= 0 for k in range(len(self.net.relu))]
+        return np.concatenate(bits) if bits else np.zeros(0, dtype=bool)
+
+
+def _widen(value: Any) -> Any:
+    return value * (1 + REL_MARGIN) + ABS_MARGIN
+
+
+class _Explorer:
+    """Breadth-first exploration of the activation regions around many targets at once."""
+
+    def __init__(
+        self,
+        low: _Lowered,
+        targets: list[Target],
+        config: ProjectionsConfig,
+    ) -> None:
+        self.low = low
+        self.targets = targets
+        self.config = config
+        dev = low.device
+        n = len(targets)
+        d = low.input_size
+        self.l2 = targets[0].eps is not None if targets else True
+        n1 = low.W[0].shape[0]
+        self.gram = self.l2 and d > n1
+        self.X = torch.as_tensor(np.stack([t.centre for t in targets]), device=dev)
+        if self.l2:
+            self.eps = torch.as_tensor([_widen(float(t.eps or 0.0)) for t in targets], device=dev)
+        else:
+            self.r = torch.as_tensor(
+                np.stack([_widen(np.asarray(t.radii)) for t in targets]), device=dev
+            )
+        # first layer: values, magnitudes, reach (rho) per target
+        W1, b1 = low.W[0], low.b[0]
+        self.z1 = self.X @ W1.T + b1
+        self.mag1 = self.X.abs() @ low.Wabs[0].T + low.babs[0]
+        if self.l2:
+            self.rho1 = self.eps[:, None] * low.row_l2[None, :] * (1 + REL_MARGIN)
+        else:
+            self.rho1 = self.r @ low.Wabs[0].T * (1 + REL_MARGIN)
+        if low.num_bits:
+            idx = low.masked[0]
+            slack = self.rho1[:, idx] * (1 + REL_MARGIN) + REL_MARGIN * self.mag1[:, idx]
+            self.reach1 = (self.z1[:, idx].abs() <= slack).cpu().numpy()
+        # atoms, padded to a common count; clause and alternative incidences
+        self.T = max([t.C.shape[0] for t in targets], default=0)
+        m = low.net.num_outputs
+        C = np.zeros((n, self.T, m))
+        dd = np.ones((n, self.T))
+        ncl = max([sum(len(a) for a in t.alternatives) for t in targets], default=0)
+        nalt = max([len(t.alternatives) for t in targets], default=0)
+        self.atom_in_clause = np.zeros((n, max(ncl, 1), max(self.T, 1)), dtype=bool)
+        self.clause_in_alt = np.zeros((n, max(nalt, 1), max(ncl, 1)), dtype=bool)
+        self.alive = np.zeros((n, max(nalt, 1)), dtype=bool)
+        for i, t in enumerate(targets):
+            C[i, : t.C.shape[0]] = t.C
+            dd[i, : t.C.shape[0]] = t.d
+            k = 0
+            for a, alt in enumerate(t.alternatives):
+                self.alive[i, a] = True
+                for clause in alt:
+                    self.atom_in_clause[i, k, list(clause)] = True
+                    self.clause_in_alt[i, a, k] = True
+                    k += 1
+        self.C = torch.as_tensor(C, device=dev)
+        self.d = torch.as_tensor(dd, device=dev)
+
+    # -- one batched pass ---------------------------------------------------------------------
+    def _rho(self, J: torch.Tensor, tidx: torch.Tensor) -> torch.Tensor:
+        """rho of each row of J (B, k, base): how far its linear function moves over S."""
+        if self.l2:
+            if self.gram:
+                G, gabs = self.low.gram()
+                q = ((J @ G) * J).sum(-1)
+                jj = (J * J).sum(-1)
+                norm = torch.sqrt(q.clamp_min(0.0) + REL_MARGIN * jj * gabs)
+            else:
+                norm = J.norm(dim=-1)
+            return self.eps[tidx][:, None] * norm * (1 + REL_MARGIN)
+        return torch.bmm(J.abs(), self.r[tidx][:, :, None]).squeeze(-1) * (1 + REL_MARGIN)
+
+    def _to_input(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of J (k, base) as directions in input space (k, d)."""
+        return rows @ self.low.W[0] if self.gram else rows
+
+    def _through(self, rows: torch.Tensor, k: int, D: torch.Tensor, J: torch.Tensor | None):
+        """``rows`` (B, r, n_k) times diag(D_k) times J_k: linear functionals of layer k's
+        activations as rows over the base space (J_0 is implicit: W_0, or I in Gram mode)."""
+        scaled = rows * D[:, None, :]
+        if k == 0:
+            return scaled if self.gram else scaled @ self.low.W[0]
+        assert J is not None
+        return scaled @ J
+
+    def evaluate(
+        self, tidx: NDArray[np.int64], patterns: NDArray[np.bool_]
+    ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], torch.Tensor, torch.Tensor]:
+        """For items (target, pattern): reach bits (B, N), safe atoms (B, T), atom values
+        (B, T) and directions (B, T, base).
+
+        Only what is needed is formed: the full Jacobians J_k of the hidden layers before the
+        last, then, for the last hidden layer, just its ReLU rows and the atoms' rows."""
+        low = self.low
+        dev = low.device
+        ti = torch.as_tensor(tidx, device=dev)
+        B = len(tidx)
+        L = len(low.W)
+        C = self.C[ti]
+        bits = torch.as_tensor(patterns, device=dev, dtype=torch.float64)
+        # values, magnitudes and sigma (triangle bound of rho) of every layer; masks D_k
+        z, mag, sigma = self.z1[ti], self.mag1[ti], self.rho1[ti]
+        zs, mags, sigmas, Ds = [z], [mag], [sigma], []
+        for k in range(L - 1):
+            D = torch.ones_like(z)
+            D[:, low.masked[k]] = bits[:, low.offsets[k] : low.offsets[k + 1]]
+            Ds.append(D)
+            z = (D * z) @ low.W[k + 1].T + low.b[k + 1]
+            mag = (D * mag) @ low.Wabs[k + 1].T + low.babs[k + 1]
+            sigma = (D * sigma) @ low.Wabs[k + 1].T
+            zs.append(z)
+            mags.append(mag)
+            sigmas.append(sigma)
+        # Jacobian rows: hidden ReLU rows of layers 1..L-2, atom rows of the output
+        hidden_rows: list[torch.Tensor | None] = [None] * max(L - 1, 0)
+        if L == 1:
+            eye = torch.eye(low.W[0].shape[0], device=dev, dtype=torch.float64)
+            Ja = C @ (eye if self.gram else low.W[0])
+        else:
+            K = L - 2  # the last hidden layer
+            J: torch.Tensor | None = None
+            for k in range(1, K):
+                J = self._through(low.W[k][None].expand(B, -1, -1), k - 1, Ds[k - 1], J)
+                hidden_rows[k] = J[:, low.masked[k], :]
+            atom_rows = (C @ low.W[L - 1]) * Ds[K][:, None, :]  # (B, T, n_K)
+            if K == 0:
+                Ja = self._through(atom_rows, 0, torch.ones_like(Ds[0]), None)
+            else:
+                idx = low.masked[K]
+                rows = torch.cat(
+                    [low.W[K][idx][None].expand(B, -1, -1), atom_rows @ low.W[K]], dim=1
+                )
+                out = self._through(rows, K - 1, Ds[K - 1], J)
+                hidden_rows[K] = out[:, : idx.numel(), :]
+                Ja = out[:, idx.numel() :, :]
+        reach = [self.reach1[tidx]] if low.num_bits else []
+        for k in range(1, L - 1):
+            idx = low.masked[k]
+            rows_k = hidden_rows[k]
+            if rows_k is None or not idx.numel():
+                continue
+            slack = (
+                self._rho(rows_k, ti) * (1 + REL_MARGIN)
+                + REL_MARGIN * sigmas[k][:, idx]
+                + REL_MARGIN * mags[k][:, idx]
+            )
+            reach.append((zs[k][:, idx].abs() <= slack).cpu().numpy())
+        u = (C @ zs[-1][:, :, None]).squeeze(-1) + self.d[ti]
+        Cabs = C.abs()
+        tol = (
+            self._rho(Ja, ti) * (1 + REL_MARGIN)
+            + REL_MARGIN * (Cabs @ sigmas[-1][:, :, None]).squeeze(-1)
+            + REL_MARGIN * ((Cabs @ mags[-1][:, :, None]).squeeze(-1) + self.d[ti].abs())
+        )
+        safe = (u > tol).cpu().numpy()
+        reach_bits = np.concatenate(reach, axis=1) if reach else np.zeros((B, 0), dtype=bool)
+        return reach_bits, safe, u, Ja
+
+    # -- the search ---------------------------------------------------------------------------
+    def run(self) -> list[Exploration]:
+        """Explore every target; one Exploration each."""
+        cfg = self.config
+        n = len(self.targets)
+        N = self.low.num_bits
+        queues: list[deque[NDArray[np.bool_]]] = [deque() for _ in range(n)]
+        visited: list[set[bytes]] = [set() for _ in range(n)]
+        regions = np.zeros(n, dtype=int)
+        spent = np.zeros(n)
+        outcome: list[Outcome | None] = [None] * n
+        boundaries: list[list[Boundary]] = [[] for _ in range(n)]
+        for i, t in enumerate(self.targets):
+            if t.trivial:
+                outcome[i] = Outcome.CERTIFIED
+                continue
+            if not t.alternatives:
+                outcome[i] = Outcome.BOUNDARY
+                continue
+            p = self.low.pattern_of(t.centre)
+            visited[i].add(np.packbits(p).tobytes())
+            queues[i].append(p)
+        while True:
+            active = [i for i in range(n) if outcome[i] is None and queues[i]]
+            for i in range(n):
+                if outcome[i] is None and not queues[i]:
+                    outcome[i] = Outcome.CERTIFIED
+            if not active:
+                break
+            quota = max(1, cfg.batch_size // len(active))
+            tidx_list: list[int] = []
+            pats: list[NDArray[np.bool_]] = []
+            for i in active:
+                take = min(quota, len(queues[i]), cfg.max_regions - regions[i])
+                for _ in range(take):
+                    tidx_list.append(i)
+                    pats.append(queues[i].popleft())
+                    regions[i] += 1
+                if len(tidx_list) >= cfg.batch_size:
+                    break
+            start = time.perf_counter()
+            tidx = np.array(tidx_list, dtype=np.int64)
+            patterns = np.stack(pats) if N else np.zeros((len(pats), 0), dtype=bool)
+            reach, safe, u, Ja = self.evaluate(tidx, patterns)
+            # alternatives that fail in these regions
+            clause_ok = ~np.any(self.atom_in_clause[tidx] & ~safe[:, None, :], axis=2)
+            alt_ok = np.any(self.clause_in_alt[tidx] & clause_ok[:, None, :], axis=2)
+            for row, i in enumerate(tidx_list):
+                if outcome[i] is not None:
+                    continue
+                failing = self.alive[i] & ~alt_ok[row]
+                if failing.any():
+                    self._record(i, row, failing, safe[row], u, Ja, boundaries[i])
+                    self.alive[i] &= alt_ok[row]
+                    if not self.alive[i].any():
+                        outcome[i] = Outcome.BOUNDARY
+                        queues[i].clear()
+                        continue
+                flips = np.flatnonzero(reach[row])
+                if flips.size:
+                    new = np.repeat(patterns[row][None], flips.size, axis=0)
+                    new[np.arange(flips.size), flips] ^= True
+                    packed = np.packbits(new, axis=1)
+                    for f in range(flips.size):
+                        key = packed[f].tobytes()
+                        if key not in visited[i]:
+                            visited[i].add(key)
+                            queues[i].append(new[f])
+            elapsed = time.perf_counter() - start
+            counts = np.bincount(tidx, minlength=n)
+            spent += elapsed * counts / max(1, len(tidx))
+            for i in active:
+                if (
+                    outcome[i] is None
+                    and queues[i]
+                    and (regions[i] >= cfg.max_regions or spent[i] >= cfg.time_per_point)
+                ):
+                    outcome[i] = Outcome.BUDGET
+                    queues[i].clear()
+        return [
+            Exploration(o or Outcome.CERTIFIED, int(r), float(s), tuple(b))
+            for o, r, s, b in zip(outcome, regions, spent, boundaries, strict=True)
+        ]
+
+    def _record(
+        self,
+        i: int,
+        row: int,
+        failing: NDArray[np.bool_],
+        safe: NDArray[np.bool_],
+        u: torch.Tensor,
+        Ja: torch.Tensor,
+        out: list[Boundary],
+    ) -> None:
+        """Keep the unsafe atoms of the failing alternatives as candidate decision boundaries."""
+        room = self.config.max_boundaries - len(out)
+        if room <= 0:
+            return
+        clauses = np.any(self.clause_in_alt[i][failing], axis=0)
+        atoms = np.any(self.atom_in_clause[i][clauses], axis=0) & ~safe
+        picked = np.flatnonzero(atoms)[:room]
+        if picked.size == 0:
+            return
+        sel = torch.as_tensor(picked, device=self.low.device)
+        dirs = self._to_input(Ja[row, sel]).cpu().numpy()
+        vals = u[row, sel].cpu().numpy()
+        out.extend(Boundary(float(v), w) for v, w in zip(vals, dirs, strict=True))
+
+
+def _witness_candidates(target: Target, boundaries: tuple[Boundary, ...]) -> FloatArray:
+    """Projections of the centre onto each boundary, pushed across, clamped into S (flat)."""
+    x = target.centre
+    out = []
+    for bd in boundaries:
+        if not bd.value > 0 or not np.all(np.isfinite(bd.w)):
+            continue
+        if target.eps is not None:
+            nn = float(bd.w @ bd.w)
+            if nn <= 0:
+                continue
+            step = -(bd.value / nn) * bd.w
+        else:
+            r = np.asarray(target.radii)
+            dual = float(np.abs(bd.w) @ r)
+            if dual <= 0:
+                continue
+            step = -(bd.value / dual) * np.sign(bd.w) * r
+        for push in PUSH:
+            out.append(_into_set(target, x + step * (1 + push)))
+    return np.array(out).reshape(len(out), x.size)
+
+
+def _into_set(target: Target, x: FloatArray) -> FloatArray:
+    """Clamp a flat point into S (ball or box); the domain is applied by the caller."""
+    c = target.centre
+    if target.eps is not None:
+        dist = float(np.linalg.norm(x - c))
+        if dist > target.eps:
+            x = c + (x - c) * (target.eps / dist)
+        return x
+    r = np.asarray(target.radii)
+    return np.clip(x, c - r, c + r)
+
+
+def _domain_of(goal: Goal) -> Box | None:
+    region = goal.alternatives[0].region if goal.alternatives else None
+    if isinstance(region, Ball):
+        return region.domain
+    if isinstance(region, Polytope):
+        return region.box
+    return region
+
+
+@register_engine("projections")
+class ProjectionsEngine:
+    """Fast geometric projections on piecewise-linear networks (see the module docstring)."""
+
+    name = "projections"
+    Config = ProjectionsConfig
+
+    def __init__(self, config: ProjectionsConfig | None = None) -> None:
+        self.config = config or ProjectionsConfig()
+        self.device = resolve_device(self.config.device)
+        self._lowered: dict[str, _Lowered] = {}
+
+    def lowered(self, network: Network) -> _Lowered:
+        """The network's lowered form on the device (cached per weights)."""
+        key = network.fingerprint()
+        if key not in self._lowered:
+            self._lowered[key] = _Lowered(lower(network), self.device)
+        return self._lowered[key]
+
+    # -- protocol -----------------------------------------------------------------------------
+    def supports(self, network: Network, spec: Spec) -> None:
+        if isinstance(spec, SafeOrdering):
+            region = spec.precondition
+            if isinstance(region, Polytope) and region.box is None:
+                raise UnsupportedError(
+                    "the projections engine needs a bounded precondition: give the polytope a box"
+                )
+        elif not isinstance(spec, LocalRobustness | RelaxedTopK | Affinity):
+            raise UnsupportedError(f"the projections engine does not support {type(spec).__name__}")
+        spec.validate_for(network.num_classes)
+        self.lowered(network)  # raises UnsupportedError for networks too large to lower
+
+    def check(
+        self,
+        network: Network,
+        spec: Spec,
+        xs: FloatArray,
+        labels: np.ndarray | None = None,
+        domain: Box | None = None,
+    ) -> list[CheckResult]:
+        self.supports(network, spec)
+        m = network.num_classes
+        if isinstance(spec, SafeOrdering):
+            prop = spec.as_property()
+            region = spec.precondition
+            box = region if isinstance(region, Box) else region.box
+            if box is None:  # excluded by supports()
+                raise UnsupportedError("unbounded precondition")
+            centre = box.center.ravel()
+            radii = ((box.hi - box.lo) / 2.0).ravel()
+            targets = [Target.of_goal(Goal((prop,)), centre, None, radii, m)]
+            predicted: list[int | None] = [None]
+            label_list: list[int | None] = [None]
+        else:
+            xs = np.asarray(xs, dtype=np.float64)
+            if xs.shape[1:] != network.input_shape:
+                raise SpecError(
+                    f"points have shape {xs.shape[1:]}, the network expects {network.input_shape}"
+                )
+            if not np.all(np.isfinite(xs)):
+                raise SpecError("points contain NaN or infinity")
+            ys = network.forward64(xs)
+            targets = []
+            for x, y in zip(xs, ys, strict=True):
+                goal = spec.at(x, y, domain)
+                flat = x.ravel()
+                if spec.norm is Norm.L2:
+                    targets.append(Target.of_goal(goal, flat, spec.eps, None, m))
+                else:
+                    targets.append(
+                        Target.of_goal(goal, flat, None, np.full(flat.size, spec.eps), m)
+                    )
+            predicted = [int(np.argmax(y)) for y in ys]
+            label_list = [None] * len(xs) if labels is None else [int(v) for v in labels]
+        if not targets:
+            return []
+        explorations = self.explore(network, targets)
+        shape = network.input_shape
+        rng = np.random.default_rng(self.config.seed)
+        out = []
+        for t, ex, pred, lab in zip(targets, explorations, predicted, label_list, strict=True):
+            start = time.perf_counter()
+            verdict, detail, witness = self._conclude(network, t, ex, shape, rng)
+            out.append(
+                CheckResult(
+                    verdict,
+                    self.name,
+                    predicted=pred,
+                    label=lab,
+                    guarantee=GuaranteeKind.DETERMINISTIC,
+                    time_s=ex.time_s + time.perf_counter() - start,
+                    detail=f"regions={ex.regions}; {detail}",
+                    counterexample=witness,
+                )
+            )
+        return out
+
+    def explore(self, network: Network, targets: list[Target]) -> list[Exploration]:
+        """Explore the activation regions around every target (batched); no witness search."""
+        if not targets:
+            return []
+        start = time.perf_counter()
+        low = self.lowered(network)
+        explorer = _Explorer(low, targets, self.config)
+        setup = (time.perf_counter() - start) / len(targets)
+        return [attrs.evolve(e, time_s=e.time_s + setup) for e in explorer.run()]
+
+    def _conclude(
+        self,
+        network: Network,
+        target: Target,
+        ex: Exploration,
+        shape: tuple[int, ...],
+        rng: np.random.Generator,
+    ) -> tuple[Verdict, str, FloatArray | None]:
+        if ex.outcome is Outcome.CERTIFIED:
+            return Verdict.CERTIFIED, "no decision boundary within reach", None
+        goal = target.goal
+        if not goal.alternatives:
+            x = target.centre.reshape(shape)
+            if goal.is_counterexample(x, network.forward64(x[None])[0]):
+                return Verdict.FALSIFIED, "the point itself fails the spec", x
+        if ex.boundaries:
+            cands = _witness_candidates(target, ex.boundaries)
+            domain = _domain_of(goal)
+            if domain is not None and len(cands):
+                cands = np.clip(cands, domain.lo.ravel(), domain.hi.ravel())
+            if len(cands):
+                w = _refutes(network, goal, cands.reshape((-1, *shape)))
+                if w is not None:
+                    return Verdict.FALSIFIED, "projection onto a decision boundary", w
+        if self.config.pgd_restarts and self.config.pgd_steps:
+            for prop in goal.alternatives:
+                w = pgd_attack(network, prop, rng, self.config.pgd_steps, self.config.pgd_restarts)
+                if w is not None and goal.is_counterexample(w, network.forward64(w[None])[0]):
+                    return Verdict.FALSIFIED, "PGD after a boundary within reach", w
+        if ex.outcome is Outcome.BUDGET:
+            return Verdict.TIMEOUT, "region or time budget exhausted", None
+        return Verdict.UNKNOWN, "decision boundary within reach, no witness found", None
+
+
+def _refutes(network: Network, goal: Goal, candidates: FloatArray) -> FloatArray | None:
+    """The first candidate that refutes every alternative of the goal (float64 re-check)."""
+    if len(goal.alternatives) == 1:
+        return first_counterexample(network, goal.alternatives[0], candidates)
+    ys = network.forward64(candidates)
+    for x, y in zip(candidates, ys, strict=True):
+        if goal.is_counterexample(x, y):
+            return np.asarray(x)
+    return None
+
+
+def regions_of(result: CheckResult) -> int:
+    """The number of regions a projections result explored (parsed from its detail)."""
+    head = result.detail.split(";", 1)[0]
+    if not head.startswith("regions="):
+        raise ValueError(f"not a projections result: {result.detail!r}")
+    return int(head.removeprefix("regions="))
+
+
+__all__ = [
+    "Boundary",
+    "Exploration",
+    "Outcome",
+    "ProjectionsConfig",
+    "ProjectionsEngine",
+    "Target",
+    "regions_of",
+]
