@@ -271,3 +271,89 @@ def safe_orderings(draw: st.DrawFn, n_in: int, num_classes: int) -> SafeOrdering
         )
     )
     return SafeOrdering(pre, post, predicted)
+
+
+# -- the soundness suite: adversarial weights, tiny convnets, points at ties ---------------------
+
+
+@st.composite
+def adversarial_networks(draw: st.DrawFn) -> Network:
+    """A one-hidden-layer net whose weights are tiny (1e-6), huge (1e2) or ordinary, with
+    duplicated or zero rows: the cases where published bounds went wrong."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    n_in = draw(st.integers(2, 4))
+    classes = draw(st.integers(2, 4))
+    scale = draw(st.sampled_from((1e-6, 1e-3, 1.0, 1e2)))
+    style = draw(st.sampled_from(["duplicate", "zero_row", "random"]))
+    width = 2 * draw(st.integers(1, 5))
+    layers = [
+        _linear(rng, n_in, width, scale, style),
+        _activation(draw(st.sampled_from(["relu", "minmax"]))),
+        _linear(rng, width, classes, scale, style),
+    ]
+    return Network.from_torch(nn.Sequential(*layers), (n_in,))
+
+
+@st.composite
+def tiny_conv_networks(draw: st.DrawFn) -> Network:
+    """Conv2d(1 -> 2, k 2) -> ReLU/MinMax -> Flatten -> Dense on a 3x3 image (8 hidden units):
+    a convnet small enough for the exact solvers."""
+    import torch
+
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    conv = nn.Conv2d(1, 2, 2)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(rng.standard_normal(conv.weight.shape) * 0.7))
+        conv.bias.copy_(torch.from_numpy(rng.standard_normal(2) * 0.1))
+    act = _activation(draw(st.sampled_from(["relu", "minmax"])))
+    head = _linear(rng, 8, draw(st.integers(2, 3)), 1.0, "random")
+    return Network.from_torch(nn.Sequential(conv, act, nn.Flatten(), head), (1, 3, 3))
+
+
+def soundness_networks() -> st.SearchStrategy[Network]:
+    """The networks of the soundness suite: ordinary small nets most of the time, adversarial
+    weights and tiny convnets now and then."""
+    return st.one_of(small_networks(max_hidden=12), adversarial_networks(), tiny_conv_networks())
+
+
+def near_tie(network: Network, seed: int) -> np.ndarray:
+    """A point of [0, 1]^input within ~1e-12 of a decision boundary (two top logits tied), by
+    bisection between two points with different predictions; a random point if none differ."""
+    rng = np.random.default_rng(seed)
+    cands = rng.uniform(0, 1, (64, *network.input_shape))
+    labels = network.forward64(cands).argmax(axis=1)
+    other = np.flatnonzero(labels != labels[0])
+    if other.size == 0:
+        return cands[0]
+    a, b = cands[0], cands[other[0]]
+    la = labels[0]
+    for _ in range(60):
+        mid = (a + b) / 2
+        if network.forward64(mid[None])[0].argmax() == la:
+            a = mid
+        else:
+            b = mid
+    return a
+
+
+def soundness_points(network: Network, count: int = 3) -> st.SearchStrategy[np.ndarray]:
+    """``count`` points of [0, 1]^input: random, snapped to the domain's corners and centre, or
+    next to a tie between the top two classes."""
+
+    def make(seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        out = []
+        for i in range(count):
+            kind = rng.choice(["random", "snapped", "tie"], p=[0.5, 0.2, 0.3])
+            if kind == "tie":
+                out.append(near_tie(network, seed + i))
+                continue
+            x = rng.uniform(0, 1, network.input_shape)
+            if kind == "snapped":
+                mask = rng.random(network.input_shape) < 0.5
+                x = np.where(mask, rng.choice([0.0, 0.5, 1.0], size=network.input_shape), x)
+            out.append(x)
+        return np.stack(out)
+
+    return st.integers(0, 2**32 - 1).map(make)

@@ -29,11 +29,13 @@ from tests.soundness import (
 )
 from tests.strategies import (
     _groups_covering,
+    adversarial_networks,
     norms,
     region_radii,
     safe_orderings,
     small_networks,
-    unit_points,
+    soundness_networks,
+    soundness_points,
 )
 from verispec.engines.base import ENGINES, _load_builtin_engines, engine_class
 from verispec.errors import UnsupportedError
@@ -93,9 +95,9 @@ def _spec_of_kind(draw: st.DrawFn, kind: str, num_classes: int) -> Spec:
 @SETTINGS
 @given(data=st.data())
 def test_point_specs_are_sound(name, kind, data):
-    net = data.draw(small_networks(max_hidden=12))
+    net = data.draw(soundness_networks())
     spec = data.draw(_spec_of_kind(kind, net.num_classes))
-    xs = np.stack([data.draw(unit_points(net.input_size)) for _ in range(3)])
+    xs = data.draw(soundness_points(net))
     engine = _engine(name)
     assume(_supported(engine, net, spec))
     domain = Box.uniform(0.0, 1.0, net.input_shape)
@@ -106,7 +108,7 @@ def test_point_specs_are_sound(name, kind, data):
 @SETTINGS
 @given(data=st.data())
 def test_safe_orderings_are_sound(name, data):
-    net = data.draw(small_networks(max_hidden=12))
+    net = data.draw(st.one_of(small_networks(max_hidden=12), adversarial_networks()))
     spec = data.draw(safe_orderings(net.input_size, net.num_classes))
     engine = _engine(name)
     assume(_supported(engine, net, spec))
