@@ -31,8 +31,18 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import attrs
 import numpy as np
+from numpy.typing import NDArray
 
-from solvers.bounds import BoundMethod, Bounds, InputSet, back_substitute, compute_bounds
+from solvers.bounds import (
+    BoundMethod,
+    Bounds,
+    InputSet,
+    back_substitute,
+    batch_back_substitute,
+    batch_linear_bounds,
+    batch_unstable,
+    compute_bounds,
+)
 from solvers.lowering import PiecewiseLinearNet, lower
 from verispec.attacks import pgd_attack, sample_attack
 from verispec.errors import UnsupportedError
@@ -326,35 +336,113 @@ class ExactSolverBase:
         inp: InputSet,
         deadline: float,
     ) -> tuple[Verdict, FloatArray | None, str]:
-        """Branch and bound over the input box: bound each piece (linear bounds; LP at the leaves),
-        exact search on pieces with few unstable ReLUs, split the others."""
-        rng = np.random.default_rng(self.config.seed)
-        stack, pieces, leaves = [inp], 0, 0
-        while stack:
+        """Branch and bound over the input box, a frontier of boxes at a time: bound each box
+        (``batch_bounds``: forward linear bounds, then CROWN on the atoms), drop the boxes where
+        some clause provably holds, try the centre and the minimising vertex of every atom's
+        linear bound as witnesses, run the exact search on boxes with few unstable ReLUs, and
+        halve the others."""
+        stack_lo, stack_hi = [inp.lo[None]], [inp.hi[None]]
+        pieces = leaves = 0
+        while stack_lo:
             if time.perf_counter() > deadline:
                 return Verdict.TIMEOUT, None, f"time limit after {pieces} pieces"
-            piece = stack.pop()
-            pieces += 1
-            bounds = compute_bounds(net, piece, BoundMethod.LINEAR)
-            violation, coefs = self._violation(net, piece, bounds, prop)
-            if violation is None:
+            lo, hi = _take(stack_lo, stack_hi, BATCH)
+            pieces += lo.shape[0]
+            live, score, points, unstable = self._bound_boxes(net, prop, lo, hi)
+            witness = self._try_points(network, net, prop, points)
+            if witness is not None:
+                return Verdict.FALSIFIED, witness, f"found after {pieces} pieces"
+            if not live.any():
                 continue
-            sub = Property(
-                Box(piece.lo.reshape(network.input_shape), piece.hi.reshape(network.input_shape)),
-                prop.predicate,
-            )
-            w = sample_attack(network, sub, 16, rng)
-            if w is not None and prop.region.contains(w):
-                return Verdict.FALSIFIED, w, f"found after {pieces} pieces"
-            small = bool(np.all(piece.hi - piece.lo <= 1e-7 * (1 + np.abs(piece.lo))))
-            if bounds.num_unstable(net) <= self.config.split_leaf_unstable or small:
+            lo, hi, score, unstable = lo[live], hi[live], score[live], unstable[live]
+            small = np.all(hi - lo <= 1e-7 * (1 + np.abs(lo)), axis=1)
+            leaf = (unstable <= self.config.split_leaf_unstable) | small
+            for i in np.flatnonzero(leaf):
                 leaves += 1
+                piece = inp.with_box(lo[i], hi[i])
+                bounds = compute_bounds(net, piece, BoundMethod.LINEAR)
                 verdict, witness, detail = self._decide(network, net, prop, piece, bounds, deadline)
-                if verdict is Verdict.CERTIFIED:
-                    continue
-                return verdict, witness, f"{detail}; after {pieces} pieces"
-            stack.extend(_split(piece, coefs))
+                if verdict is not Verdict.CERTIFIED:
+                    return verdict, witness, f"{detail}; after {pieces} pieces"
+            rest = ~leaf
+            if rest.any():
+                left, right = _halve(lo[rest], hi[rest], score[rest])
+                stack_lo.append(right[0])
+                stack_hi.append(right[1])
+                stack_lo.append(left[0])
+                stack_hi.append(left[1])
         return Verdict.CERTIFIED, None, f"{pieces} pieces, {leaves} solved exactly"
+
+    def _bound_boxes(
+        self, net: PiecewiseLinearNet, prop: Property, lo: FloatArray, hi: FloatArray
+    ) -> tuple[NDArray[np.bool_], FloatArray, FloatArray, NDArray[np.integer]]:
+        """For boxes (B, d): which may still hold a violation (no clause proved everywhere),
+        a split score per dimension (|coefficient| x width of the live atoms' linear lower
+        bounds), candidate witnesses (centres and minimising vertices, (n, d)), and the
+        number of unstable ReLUs of each box."""
+        los, his = batch_linear_bounds(net, lo, hi)
+        width = hi - lo
+        safe = np.zeros(lo.shape[0], dtype=bool)
+        score = np.zeros_like(lo)
+        points = [(lo + hi) / 2]
+        for clause in prop.predicate.clauses:
+            if clause.C.shape[0] == 0:
+                safe[:] = True  # an empty conjunction is true
+                break
+            value, coef = batch_back_substitute(net, lo, hi, los, his, clause.C, clause.d)
+            live = value <= 0
+            safe |= ~live.any(axis=1)
+            score += (np.abs(coef) * width[:, None, :] * live[:, :, None]).sum(axis=1)
+            # The vertex minimising the linear lower bound of the clause's most violable atom.
+            worst = np.argmin(value, axis=1)
+            c = coef[np.arange(lo.shape[0]), worst]
+            points.append(np.where(c > 0, lo, hi))
+        return ~safe, score, np.concatenate(points), batch_unstable(net, los, his)
+
+    def _try_points(
+        self, network: Network, net: PiecewiseLinearNet, prop: Property, points: FloatArray
+    ) -> FloatArray | None:
+        """The first candidate point whose float64 forward pass through ``network`` violates
+        the property (screened on the lowered network first)."""
+        y = net.forward(points)
+        bad = np.flatnonzero(~prop.predicate.holds(y))
+        for i in bad[:8]:
+            x = points[i].reshape(network.input_shape)
+            if prop.is_counterexample(x, network.forward64(x[None])[0]):
+                return x
+        return None
+
+
+BATCH = 64
+"""Boxes bounded together in one numpy pass by the input branch and bound."""
+
+
+def _take(
+    stack_lo: list[FloatArray], stack_hi: list[FloatArray], n: int
+) -> tuple[FloatArray, FloatArray]:
+    """Pop up to ``n`` boxes from the top of a stack of (k, d) box blocks (depth first)."""
+    lo, hi = stack_lo.pop(), stack_hi.pop()
+    while lo.shape[0] < n and stack_lo:
+        lo, hi = np.concatenate([lo, stack_lo.pop()]), np.concatenate([hi, stack_hi.pop()])
+    if lo.shape[0] > n:
+        stack_lo.append(lo[n:])
+        stack_hi.append(hi[n:])
+        lo, hi = lo[:n], hi[:n]
+    return lo, hi
+
+
+def _halve(
+    lo: FloatArray, hi: FloatArray, score: FloatArray
+) -> tuple[tuple[FloatArray, FloatArray], tuple[FloatArray, FloatArray]]:
+    """Halve each box (rows) along its highest-scoring dimension (the widest without a score)."""
+    width = hi - lo
+    dim = np.where(score.max(axis=1) > 0, np.argmax(score, axis=1), np.argmax(width, axis=1))
+    rows = np.arange(lo.shape[0])
+    mid = (lo[rows, dim] + hi[rows, dim]) / 2
+    hi_left, lo_right = hi.copy(), lo.copy()
+    hi_left[rows, dim] = mid
+    lo_right[rows, dim] = mid
+    return (lo, hi_left), (lo_right, hi)
 
 
 def _split(piece: InputSet, coefs: list[FloatArray]) -> list[InputSet]:

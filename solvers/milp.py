@@ -16,6 +16,7 @@ tightened (1e-9) so that integrality slack cannot fake an infeasibility.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from typing import Any
 
@@ -87,7 +88,8 @@ class MilpSolver(ExactSolverBase):
     name = "milp"
 
     def supports_region(self, inp: InputSet) -> None:
-        _cvxpy()
+        if importlib.util.find_spec("cvxpy") is None:  # imported when first needed (seconds)
+            _cvxpy()
         if inp.l2_eps is not None:
             try:
                 import pyscipopt  # noqa: F401
