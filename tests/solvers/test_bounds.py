@@ -152,11 +152,6 @@ def test_unbounded_polytope_without_box_raises():
         InputSet.of(Polytope(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([1.0, 1.0])))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an infeasible (empty) polytope without a box raises SpecError 'unbounded' "
-    "instead of giving an empty input set (the property then holds vacuously)",
-)
 def test_empty_polytope_without_box_is_empty_not_unbounded():
     A = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
     b = np.array([-1.0, 0.0, 1.0, 1.0])  # x0 <= -1 and x0 >= 0
