@@ -41,25 +41,28 @@ def _one_layer_net() -> Network:
 
 X0 = np.array([[0.45, 0.40]])
 # distances from X0: x1 = 0.5 -> 0.05; x2 = 0.5 -> 0.10; x1 + x2 = 1 -> 0.106 (l2), 0.075
-# (l_inf: |v| / ||w||_1); x1 = 3 -> 2.55. Every combination of the reachable ReLUs is a region.
+# (l_inf: |v| / ||w||_1); x1 = 3 -> 2.55. Each combination of reachable ReLUs is explored unless
+# its (closed) region provably misses the ball: in l2 the quadrant {x1 >= 0.5, x2 >= 0.5} is at
+# distance 0.112 (and so is {x2 >= 0.5, x1 + x2 >= 1}); in l_inf every combination is within 0.1.
 
 
 @pytest.mark.parametrize(
-    ("eps", "norm", "regions"),
+    ("eps", "norm", "regions", "pruned"),
     [
-        (0.04, Norm.L2, 1),
-        (0.06, Norm.L2, 2),
-        (0.105, Norm.L2, 4),
-        (0.11, Norm.L2, 8),
-        (0.04, Norm.LINF, 1),
-        (0.08, Norm.LINF, 4),  # x1 = 0.5 and the diagonal (0.075 in l_inf), not x2 = 0.5
-        (0.11, Norm.LINF, 8),
+        (0.04, Norm.L2, 1, 0),
+        (0.06, Norm.L2, 2, 0),
+        (0.105, Norm.L2, 3, 1),  # {}, {x1}, {x2}; {x1, x2} pruned
+        (0.11, Norm.L2, 5, 3),  # + {diag}, {x1, diag}; three combinations with x2 pruned
+        (0.04, Norm.LINF, 1, 0),
+        (0.08, Norm.LINF, 4, 0),  # x1 = 0.5 and the diagonal (0.075 in l_inf), not x2 = 0.5
+        (0.11, Norm.LINF, 8, 0),
     ],
 )
-def test_region_count_one_layer(eps, norm, regions):
+def test_region_count_one_layer(eps, norm, regions, pruned):
     result = ProjectionsEngine(FAST).check(_one_layer_net(), LocalRobustness(eps, norm), X0)[0]
     assert result.verdict is Verdict.CERTIFIED
     assert regions_of(result) == regions
+    assert f"pruned={pruned};" in result.detail
 
 
 def _two_layer_net() -> Network:

@@ -17,6 +17,12 @@ ball, or a box), and a goal (alternatives of DNFs of atoms ``c . y + d > 0``):
   the segment from x to any x' in S, the true pattern changes only at points p where the
   flipped pre-activations are 0; every pattern in between (old bits, some flipped) computes
   the true values at p, so each flip's hyperplane passes through p, within reach.
+- a pattern whose *closed* region provably misses S is skipped (``pruned``): its flipped
+  first-layer constraints are fixed half-spaces, and a weak-duality bound on the distance from
+  x to their intersection (multipliers from a few projected-gradient steps) that exceeds the
+  reach proves it. Every pattern on the paths above has a closed region containing the
+  crossing point p, so this keeps the search complete while cutting most of the 2^k
+  combinations of k reachable first-layer hyperplanes.
 - an atom is *safe* in a pattern when its affine value a(x') = w . x' + b stays > 0 on all of
   S: ``a(x) - rho(w) > 0``. An alternative holds on S if in every visited pattern one of its
   clauses has only safe atoms; the goal is CERTIFIED when the queue empties with an
@@ -65,6 +71,8 @@ ABS_MARGIN = 1e-12
 """Absolute enlargement of eps / radii."""
 PUSH = (1e-6, 1e-3, 0.05)
 """How far past a decision hyperplane (relative to the distance) witnesses are placed."""
+PRUNE_STEPS = 20
+"""Projected-gradient steps for the multipliers of the pruning bound (any value is sound)."""
 
 
 @attrs.frozen
@@ -104,12 +112,14 @@ class Boundary:
 
 @attrs.frozen(eq=False)
 class Exploration:
-    """The exploration of one point: outcome, regions evaluated, time, boundaries found."""
+    """The exploration of one point: outcome, regions evaluated, time, boundaries found, and
+    patterns skipped because their region provably misses the input set."""
 
     outcome: Outcome
     regions: int
     time_s: float
     boundaries: tuple[Boundary, ...] = ()
+    pruned: int = 0
 
 
 @attrs.frozen(eq=False)
@@ -165,6 +175,7 @@ class _Lowered:
         self.babs = [b.abs() for b in self.b]
         self.masked = [torch.as_tensor(np.flatnonzero(m), device=device) for m in net.relu]
         sizes = [int(m.sum()) for m in net.relu]
+        self.relu_sizes = sizes
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         self.num_bits = int(self.offsets[-1])
         W1 = self.W[0]
@@ -232,6 +243,7 @@ class _Explorer:
             idx = low.masked[0]
             slack = self.rho1[:, idx] * (1 + REL_MARGIN) + REL_MARGIN * self.mag1[:, idx]
             self.reach1 = (self.z1[:, idx].abs() <= slack).cpu().numpy()
+            self.own1 = (self.z1[:, idx] >= 0).cpu().numpy()
         # atoms, padded to a common count; clause and alternative incidences
         self.T = max([t.C.shape[0] for t in targets], default=0)
         m = low.net.num_outputs
@@ -272,6 +284,55 @@ class _Explorer:
     def _to_input(self, rows: torch.Tensor) -> torch.Tensor:
         """Rows of J (k, base) as directions in input space (k, d)."""
         return rows @ self.low.W[0] if self.gram else rows
+
+    def prune(self, tidx: NDArray[np.int64], patterns: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        """Items whose *closed* region provably misses S (True: skip them).
+
+        The first-layer constraints of a pattern are fixed hyperplanes. Those the pattern flips
+        relative to x's own read a_i . (x' - x) >= g_i with g_i = |z1_i(x)| and a_i = +-W1_i.
+        For any lambda >= 0, every x' in the closed region satisfies
+        lambda . g <= (sum lambda_i a_i) . (x' - x) <= rho(sum lambda_i a_i) on S, so
+        lambda . g > rho(sum lambda_i a_i) proves the region misses S (weak duality).
+        lambda comes from a few projected-gradient steps on the l2 projection's dual. Every
+        pattern the search must visit has a closed region meeting S (module docstring), so
+        pruning is sound."""
+        low = self.low
+        n0 = low.offsets[1] - low.offsets[0] if low.num_bits and len(low.relu_sizes) else 0
+        out = np.zeros(len(tidx), dtype=bool)
+        if n0 == 0:
+            return out
+        flipped = patterns[:, :n0] != self.own1[tidx]
+        multi = flipped.sum(axis=1) >= 2  # one flip is within reach by construction
+        if not multi.any():
+            return out
+        rows = np.flatnonzero(multi)
+        dev = low.device
+        ti = torch.as_tensor(tidx[rows], device=dev)
+        idx = low.masked[0]
+        n1 = low.W[0].shape[0]
+        F = torch.zeros((len(rows), n1), dtype=torch.float64, device=dev)
+        F[:, idx] = torch.as_tensor(flipped[rows], dtype=torch.float64, device=dev)
+        z1 = self.z1[ti]
+        sign = torch.where(z1 >= 0, -1.0, 1.0).to(torch.float64)  # the flipped side
+        g = z1.abs() * F
+        G, _ = low.gram()
+        diag = torch.diagonal(G).clamp_min(1e-300)
+        lam = g / diag * F / F.sum(1, keepdim=True)
+        step = 1.0 / (diag[None] * F).sum(1, keepdim=True).clamp_min(1e-300)
+        for _ in range(PRUNE_STEPS):
+            grad = sign * ((sign * lam) @ G) - g
+            lam = (lam - step * grad).clamp_min(0.0) * F
+        combo = sign * lam  # (R, n1): sum lambda_i a_i in first-layer coordinates
+        rows_base = combo if self.gram else combo @ low.W[0]
+        rho = self._rho(rows_base[:, None, :], ti).squeeze(1)
+        lhs = (lam * g).sum(1)
+        slack = (
+            rho * (1 + REL_MARGIN)
+            + REL_MARGIN * (lam * self.mag1[ti]).sum(1)
+            + REL_MARGIN * (lam * self.rho1[ti]).sum(1)
+        )
+        out[rows] = (lhs > slack).cpu().numpy()
+        return out
 
     def _through(self, rows: torch.Tensor, k: int, D: torch.Tensor, J: torch.Tensor | None):
         """``rows`` (B, r, n_k) times diag(D_k) times J_k: linear functionals of layer k's
@@ -364,6 +425,7 @@ class _Explorer:
         queues: list[deque[NDArray[np.bool_]]] = [deque() for _ in range(n)]
         visited: list[set[bytes]] = [set() for _ in range(n)]
         regions = np.zeros(n, dtype=int)
+        pruned = np.zeros(n, dtype=int)
         spent = np.zeros(n)
         outcome: list[Outcome | None] = [None] * n
         boundaries: list[list[Boundary]] = [[] for _ in range(n)]
@@ -396,8 +458,16 @@ class _Explorer:
                 if len(tidx_list) >= cfg.batch_size:
                     break
             start = time.perf_counter()
-            tidx = np.array(tidx_list, dtype=np.int64)
-            patterns = np.stack(pats) if N else np.zeros((len(pats), 0), dtype=bool)
+            all_tidx = np.array(tidx_list, dtype=np.int64)
+            all_patterns = np.stack(pats) if N else np.zeros((len(pats), 0), dtype=bool)
+            skip = self.prune(all_tidx, all_patterns)
+            np.add.at(pruned, all_tidx[skip], 1)
+            np.add.at(regions, all_tidx[skip], -1)
+            tidx, patterns = all_tidx[~skip], all_patterns[~skip]
+            tidx_list = tidx.tolist()
+            if not len(tidx):
+                self._charge(spent, all_tidx, time.perf_counter() - start)
+                continue
             reach, safe, u, Ja = self.evaluate(tidx, patterns)
             # alternatives that fail in these regions
             clause_ok = ~np.any(self.atom_in_clause[tidx] & ~safe[:, None, :], axis=2)
@@ -423,9 +493,7 @@ class _Explorer:
                         if key not in visited[i]:
                             visited[i].add(key)
                             queues[i].append(new[f])
-            elapsed = time.perf_counter() - start
-            counts = np.bincount(tidx, minlength=n)
-            spent += elapsed * counts / max(1, len(tidx))
+            self._charge(spent, all_tidx, time.perf_counter() - start)
             for i in active:
                 if (
                     outcome[i] is None
@@ -435,9 +503,14 @@ class _Explorer:
                     outcome[i] = Outcome.BUDGET
                     queues[i].clear()
         return [
-            Exploration(o or Outcome.CERTIFIED, int(r), float(s), tuple(b))
-            for o, r, s, b in zip(outcome, regions, spent, boundaries, strict=True)
+            Exploration(o or Outcome.CERTIFIED, int(r), float(s), tuple(b), int(p))
+            for o, r, s, b, p in zip(outcome, regions, spent, boundaries, pruned, strict=True)
         ]
+
+    @staticmethod
+    def _charge(spent: FloatArray, tidx: NDArray[np.int64], elapsed: float) -> None:
+        """Share a pass's time among the targets by their number of items."""
+        spent += elapsed * np.bincount(tidx, minlength=len(spent)) / max(1, len(tidx))
 
     def _record(
         self,
@@ -599,7 +672,7 @@ class ProjectionsEngine:
                     label=lab,
                     guarantee=GuaranteeKind.DETERMINISTIC,
                     time_s=ex.time_s + time.perf_counter() - start,
-                    detail=f"regions={ex.regions}; {detail}",
+                    detail=f"regions={ex.regions}; pruned={ex.pruned}; {detail}",
                     counterexample=witness,
                 )
             )
