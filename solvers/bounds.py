@@ -117,6 +117,8 @@ def _polytope_box(A: FloatArray, b: FloatArray) -> tuple[FloatArray, FloatArray]
         e = np.zeros(d)
         e[i] = 1.0
         lo_i, hi_i = lp.minimize(e), -lp.minimize(-e)
+        if lo_i == np.inf:  # infeasible: the polytope is empty (an empty box: lo > hi)
+            return np.ones(d), np.zeros(d)
         if not (np.isfinite(lo_i) and np.isfinite(hi_i)):
             raise SpecError(
                 f"the polytope is unbounded along input {i}: give it a box (the exact solvers "
