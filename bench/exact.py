@@ -198,7 +198,10 @@ def run_instances(
         if expected is not None:
             row["expected"] = expected.get((net_file, prop_file))
         row["ours"] = run_ours(folder / net_file, folder / prop_file, timeout, args.solver)
-        if args.marabou:
+        reused = args.reuse.get((net_file, prop_file, timeout))
+        if reused is not None:
+            row["marabou"] = dict(reused, reused=True)
+        elif args.marabou:
             row["marabou"] = run_marabou(folder / net_file, folder / prop_file, timeout)
         rows.append(row)
         print(_row_text(row), flush=True)
@@ -394,14 +397,26 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=8, help="random nets per width")
     p.add_argument("--random-timeout", type=float, default=30.0)
     p.add_argument("--out", default="/tmp/exact_bench.json")
+    p.add_argument(
+        "--marabou-from",
+        nargs="*",
+        default=[],
+        help="reuse the Marabou results (same instance and timeout) of earlier --out files",
+    )
     args = p.parse_args()
+    args.reuse = {}
+    for path in args.marabou_from:
+        for rows in json.loads(Path(path).read_text()).values():
+            for r in rows if isinstance(rows, list) else []:
+                if "marabou" in r and "property" in r:
+                    args.reuse[r["network"], r["property"], r["timeout"]] = r["marabou"]
     if args.marabou and not have_marabou():
         print("maraboupy is not installed: Marabou columns skipped (pip install maraboupy)")
         args.marabou = False
     sections = {"test": section_test, "acasxu": section_acasxu, "mnistfc": section_mnistfc}
     sections["random"] = section_random
     chosen = [s for s in sections if getattr(args, s)] or list(sections)
-    results: dict[str, Any] = {"args": vars(args)}
+    results: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "reuse"}}
     for s in chosen:
         results[s] = sections[s](args)
         Path(args.out).write_text(json.dumps(results, indent=1, default=str))

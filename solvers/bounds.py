@@ -547,15 +547,18 @@ def batch_back_substitute(
     d: FloatArray,
     k: int | None = None,
 ) -> tuple[FloatArray, FloatArray]:
-    """CROWN lower bounds of ``C @ z_k + d`` (C (p, n_k); the outputs f(x) = z_L by default)
-    over each box (lo, hi (B, d)) given valid pre-activation bounds ``los``/``his`` of the
-    layers before it (per layer (B, n_j)): the bound values (B, p) and the input coefficients
-    (B, p, d) of the linear lower bounds."""
+    """CROWN lower bounds of ``C @ z_k + d`` (C (p, n_k), or (B, p, n_k) for one matrix per
+    box; d (p,) or (B, p); the outputs f(x) = z_L by default) over each box (lo, hi (B, d))
+    given valid pre-activation bounds ``los``/``his`` of the layers before it (per layer
+    (B, n_j)): the bound values (B, p) and the input coefficients (B, p, d) of the linear
+    lower bounds."""
     B = lo.shape[0]
     k = net.depth - 1 if k is None else k
     Wk, bk = net.weights[k], net.biases[k]
-    M = np.broadcast_to(C @ Wk, (B, C.shape[0], Wk.shape[1]))
-    const = np.broadcast_to(C @ bk + d, (B, C.shape[0])).copy()
+    C3 = np.broadcast_to(C, (B, *C.shape[-2:]))
+    p = C3.shape[1]
+    M = _gemm(C3, Wk)
+    const = np.broadcast_to(C3 @ bk + d, (B, p)).copy()
     # ``mag`` bounds the sum of |terms| of every dot product on the way, evaluated at the
     # magnitudes the back-substituted quantities take over the box (|h_j| <= ``size[j]``), for
     # the padding of the rounding error.
@@ -563,7 +566,8 @@ def batch_back_substitute(
     for j in range(k):
         a_lo, a_hi = _activate(net, j, los[j], his[j])
         size.append(np.maximum(np.abs(a_lo), np.abs(a_hi)) + np.abs(los[j]))
-    mag = (size[k] @ np.abs(Wk).T + np.abs(bk)) @ np.abs(C).T + np.abs(d)
+    terms = size[k] @ np.abs(Wk).T + np.abs(bk)
+    mag = np.einsum("bpn,bn->bp", np.abs(C3), terms) + np.abs(d)
     for j in range(k - 1, -1, -1):
         lo_slope, up_slope, up_icpt = _relax_batch(net.relu[j], los[j], his[j])
         pos = M >= 0
@@ -587,19 +591,27 @@ def batch_linear_bounds(
 ) -> tuple[list[FloatArray], list[FloatArray]]:
     """``batch_bounds`` tightened by CROWN back-substitution for the hidden layers after the
     first (which is exact), layer by layer, each using the tightened bounds before it; only
-    the ReLU neurons unstable in some box are back-substituted (the others' bounds already
-    fix their phase in every box)."""
+    the ReLU neurons unstable in a box are back-substituted for it (the others' bounds
+    already fix their phase)."""
     los, his = batch_bounds(net, lo, hi)
+    B = lo.shape[0]
+    rows = np.arange(B)[:, None]
     for k in range(1, net.depth - 1):
         unstable = net.relu[k] & (los[k] < 0) & (his[k] > 0)
-        idx = np.flatnonzero(unstable.any(axis=0))
-        if idx.size == 0:
+        U = int(unstable.sum(axis=1).max(initial=0))
+        if U == 0:
             continue
-        eye = np.eye(net.weights[k].shape[0])[idx]
-        spec = np.vstack([eye, -eye])
-        val, _ = batch_back_substitute(net, lo, hi, los, his, spec, np.zeros(2 * idx.size), k)
-        los[k][:, idx] = np.maximum(los[k][:, idx], val[:, : idx.size])
-        his[k][:, idx] = np.minimum(his[k][:, idx], -val[:, idx.size :])
+        # One spec per box: its own unstable neurons first (padded with zero rows).
+        order = np.argsort(~unstable, axis=1, kind="stable")[:, :U]
+        valid = np.take_along_axis(unstable, order, axis=1)
+        eye = np.zeros((B, U, unstable.shape[1]))
+        eye[rows, np.arange(U)[None, :], order] = valid
+        spec = np.concatenate([eye, -eye], axis=1)
+        val, _ = batch_back_substitute(net, lo, hi, los, his, spec, np.zeros(2 * U), k)
+        new_lo = np.where(valid, val[:, :U], -np.inf)
+        new_hi = np.where(valid, -val[:, U:], np.inf)
+        los[k][rows, order] = np.maximum(los[k][rows, order], new_lo)
+        his[k][rows, order] = np.minimum(his[k][rows, order], new_hi)
         if k + 1 < net.depth - 1:
             # Refresh the next layer's interval bounds from the tightened ones (cheap).
             W, b, Wa = net.weights[k + 1], net.biases[k + 1], np.abs(net.weights[k + 1])

@@ -81,6 +81,145 @@ def encode(query: Query) -> tuple[Any, Any]:
     return cp.Problem(cp.Minimize(0), cons), x
 
 
+class _Rows:
+    """A sparse row-wise constraint matrix under construction (HiGHS format)."""
+
+    def __init__(self) -> None:
+        self.starts, self.index, self.value = [0], [], []  # type: ignore[var-annotated]
+        self.lower: list[float] = []
+        self.upper: list[float] = []
+
+    def add(self, idx: np.ndarray, val: np.ndarray, lo: float, hi: float) -> None:
+        keep = val != 0
+        self.index.append(np.asarray(idx, dtype=np.int32)[keep])
+        self.value.append(np.asarray(val, dtype=np.float64)[keep])
+        self.starts.append(self.starts[-1] + int(keep.sum()))
+        self.lower.append(lo)
+        self.upper.append(hi)
+
+
+def encode_highs(query: Query) -> tuple[Any, int]:
+    """The MILP of ``query`` (box / l_inf / polytope regions) as a ``highspy.HighsLp`` (the same
+    encoding as ``encode``, built directly: no modelling-layer overhead), and the number of
+    input columns (the first ones)."""
+    import highspy
+
+    inf = highspy.kHighsInf
+    net, inp, bounds = query.net, query.inp, query.bounds
+    col_lo: list[np.ndarray] = [np.asarray(inp.lo, dtype=np.float64)]
+    col_hi: list[np.ndarray] = [np.asarray(inp.hi, dtype=np.float64)]
+    integer: list[np.ndarray] = [np.zeros(inp.size, dtype=bool)]
+    n_cols = inp.size
+    rows = _Rows()
+
+    def new_cols(lo: np.ndarray, hi: np.ndarray, is_int: bool) -> np.ndarray:
+        nonlocal n_cols
+        idx = np.arange(n_cols, n_cols + lo.size)
+        n_cols += lo.size
+        col_lo.append(lo)
+        col_hi.append(hi)
+        integer.append(np.full(lo.size, is_int))
+        return idx
+
+    if inp.A is not None and inp.b is not None:
+        for a, bi in zip(inp.A, inp.b, strict=True):
+            rows.add(np.arange(inp.size), a, -inf, float(bi))
+    prev = np.arange(inp.size)
+    for k in range(net.depth - 1):
+        W, b = net.weights[k], net.biases[k]
+        lo, hi = bounds.lo[k], bounds.hi[k]
+        relu = net.relu[k]
+        unstable = bounds.unstable(net, k)
+        dead = relu & (hi <= 0) & ~unstable
+        h_lo = np.where(relu, np.maximum(lo, 0.0), lo)
+        h_hi = np.where(relu, np.maximum(hi, 0.0), hi)
+        h_lo, h_hi = np.where(dead, 0.0, h_lo), np.where(dead, 0.0, h_hi)
+        h = new_cols(np.minimum(h_lo, h_hi), h_hi, False)
+        a_idx = new_cols(np.zeros(int(unstable.sum())), np.ones(int(unstable.sum())), True)
+        a_of = dict(zip(np.flatnonzero(unstable).tolist(), a_idx.tolist(), strict=True))
+        for i in range(W.shape[0]):
+            if dead[i]:
+                continue
+            idx = np.concatenate([[h[i]], prev])
+            val = np.concatenate([[1.0], -W[i]])
+            if not unstable[i]:  # h = z (pass-through or provably active)
+                rows.add(idx, val, float(b[i]), float(b[i]))
+                continue
+            a = a_of[i]
+            rows.add(idx, val, float(b[i]), inf)  # h >= z
+            # h <= z - l (1 - a)  <=>  h - W h_prev - l a <= b - l ;  h <= u a
+            rows.add(
+                np.concatenate([idx, [a]]),
+                np.concatenate([val, [-lo[i]]]),
+                -inf,
+                float(b[i] - lo[i]),
+            )
+            rows.add(np.array([h[i], a]), np.array([1.0, -hi[i]]), -inf, 0.0)
+        prev = h
+    W, b = net.weights[-1], net.biases[-1]
+    for atoms in query.violation:
+        G, g = atoms.C @ W, atoms.C @ b + atoms.d  # atom values: G h + g
+        if atoms.C.shape[0] == 1:
+            rows.add(prev, G[0], -inf, float(query.margin - g[0]))
+            continue
+        sel = new_cols(np.zeros(G.shape[0]), np.ones(G.shape[0]), True)
+        rows.add(sel, np.ones(sel.size), 1.0, 1.0)
+        slack = np.maximum(atoms.upper - query.margin, 0.0)
+        for i in range(G.shape[0]):
+            rows.add(
+                np.concatenate([prev, [sel[i]]]),
+                np.concatenate([G[i], [slack[i]]]),
+                -inf,
+                float(query.margin + slack[i] - g[i]),
+            )
+    lp = highspy.HighsLp()
+    lp.num_col_ = n_cols
+    lp.num_row_ = len(rows.lower)
+    lp.col_cost_ = np.zeros(n_cols)
+    lp.col_lower_ = np.concatenate(col_lo)
+    lp.col_upper_ = np.concatenate(col_hi)
+    lp.row_lower_ = np.asarray(rows.lower, dtype=np.float64)
+    lp.row_upper_ = np.asarray(rows.upper, dtype=np.float64)
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+    lp.a_matrix_.start_ = np.asarray(rows.starts, dtype=np.int32)
+    lp.a_matrix_.index_ = np.concatenate(rows.index) if rows.index else np.zeros(0, np.int32)
+    lp.a_matrix_.value_ = np.concatenate(rows.value) if rows.value else np.zeros(0)
+    kinds = np.concatenate(integer)
+    lp.integrality_ = [
+        highspy.HighsVarType.kInteger if t else highspy.HighsVarType.kContinuous for t in kinds
+    ]
+    return lp, inp.size
+
+
+def search_highs(query: Query, deadline: float) -> Search:
+    """Solve the MILP of ``query`` with HiGHS directly (box / l_inf / polytope regions)."""
+    import highspy
+
+    lp, n_in = encode_highs(query)
+    left = deadline - time.perf_counter()
+    if left <= 0:
+        return Search(SearchStatus.TIMEOUT, detail="time limit before the MILP")
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", 1)
+    h.setOptionValue("time_limit", max(left, 0.01))
+    h.setOptionValue("mip_feasibility_tolerance", TIGHT)
+    h.setOptionValue("primal_feasibility_tolerance", TIGHT)
+    h.passModel(lp)
+    h.run()
+    status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return Search(SearchStatus.NONE)
+    sol = h.getSolution()
+    if sol.value_valid and status in (
+        highspy.HighsModelStatus.kOptimal,
+        highspy.HighsModelStatus.kTimeLimit,
+        highspy.HighsModelStatus.kSolutionLimit,
+    ):
+        return Search(SearchStatus.FOUND, np.asarray(sol.col_value[:n_in], dtype=np.float64))
+    return Search(SearchStatus.TIMEOUT, detail=f"HiGHS status {h.modelStatusToString(status)}")
+
+
 @register_solver("milp")
 class MilpSolver(ExactSolverBase):
     """Complete decisions by mixed-integer programming (cvxpy; HiGHS, or SCIP for l2 balls)."""
@@ -100,6 +239,8 @@ class MilpSolver(ExactSolverBase):
                 ) from None
 
     def search(self, query: Query, deadline: float) -> Search:
+        if query.inp.l2_eps is None and importlib.util.find_spec("highspy") is not None:
+            return search_highs(query, deadline)
         cp = _cvxpy()
         problem, x = encode(query)
         left = deadline - time.perf_counter()
