@@ -56,7 +56,7 @@ import torch
 from numpy.typing import NDArray
 
 from solvers.lowering import PiecewiseLinearNet, lower
-from verispec.attacks import first_counterexample, pgd_attack
+from verispec.attacks import pgd_attack
 from verispec.engines.base import register_engine, resolve_device
 from verispec.errors import SpecError, UnsupportedError
 from verispec.network import Network
@@ -723,12 +723,13 @@ class ProjectionsEngine:
 
 
 def _refutes(network: Network, goal: Goal, candidates: FloatArray) -> FloatArray | None:
-    """The first candidate that refutes every alternative of the goal (float64 re-check)."""
-    if len(goal.alternatives) == 1:
-        return first_counterexample(network, goal.alternatives[0], candidates)
+    """The first candidate that refutes every alternative of the goal, confirmed by a float64
+    forward pass of that point alone (a batched pass may round differently near a tie)."""
     ys = network.forward64(candidates)
     for x, y in zip(candidates, ys, strict=True):
-        if goal.is_counterexample(x, y):
+        if goal.is_counterexample(x, y) and goal.is_counterexample(
+            x, network.forward64(x[None])[0]
+        ):
             return np.asarray(x)
     return None
 
