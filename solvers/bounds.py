@@ -591,13 +591,14 @@ def batch_linear_bounds(
 ) -> tuple[list[FloatArray], list[FloatArray]]:
     """``batch_bounds`` tightened by CROWN back-substitution for the hidden layers after the
     first (which is exact), layer by layer, each using the tightened bounds before it; only
-    the ReLU neurons unstable in a box are back-substituted for it (the others' bounds
-    already fix their phase)."""
+    the neurons not provably dead in a box are back-substituted for it."""
     los, his = batch_bounds(net, lo, hi)
     B = lo.shape[0]
     rows = np.arange(B)[:, None]
     for k in range(1, net.depth - 1):
-        unstable = net.relu[k] & (los[k] < 0) & (his[k] > 0)
+        # Every neuron not provably dead: unstable ones for their relaxations, active and
+        # pass-through ones for the interval bounds of the next layer.
+        unstable = ~net.relu[k] | (his[k] > 0)
         U = int(unstable.sum(axis=1).max(initial=0))
         if U == 0:
             continue
