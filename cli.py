@@ -465,6 +465,18 @@ def _parse_groups(text: str | None) -> list[list[int]] | None:
     show_default=True,
     help="Gaussian noise sigma added to inputs (base classifiers for smoothing)",
 )
+@click.option(
+    "--power-iterations",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="power iterations per step for the training-time K estimate (5 for deep convnets)",
+)
+@click.option(
+    "--unit-init",
+    is_flag=True,
+    help="rescale every body layer to an estimated operator norm of 1 before training",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option(
@@ -528,6 +540,8 @@ def train(**opts: Any) -> None:
             top_k=opts["top_k"],
             groups=_parse_groups(opts["groups"]),
             noise=opts["noise"],
+            power_iterations=opts["power_iterations"],
+            unit_init=opts["unit_init"],
             eval_limit=opts["eval_limit"],
             eval_eps=opts["eps"],
         )
