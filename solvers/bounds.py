@@ -159,21 +159,27 @@ def _activate(
     return np.where(mask, np.maximum(lo, 0), lo), np.where(mask, np.maximum(hi, 0), hi)
 
 
+def _affine_interval(
+    W: FloatArray, b: FloatArray, lo: FloatArray, hi: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Bounds of W a + b for lo <= a <= hi, padded relative to the magnitude of the terms
+    summed (cancellation cannot hide their rounding)."""
+    mid, rad = (lo + hi) / 2, (hi - lo) / 2
+    centre, spread = W @ mid + b, np.abs(W) @ rad
+    mag = np.abs(W) @ (np.abs(mid) + rad) + np.abs(b)
+    slack = PAD * (1.0 + mag)
+    return centre - spread - slack, centre + spread + slack
+
+
 def interval_bounds(net: PiecewiseLinearNet, inp: InputSet) -> Bounds:
     """Interval arithmetic, layer by layer (the first layer bounded exactly over the set)."""
-    los, his = [], []
-    eye_lo = inp.lower(net.weights[0])
-    eye_hi = -inp.lower(-net.weights[0])
-    lo, hi = _pad(eye_lo + net.biases[0], eye_hi + net.biases[0])
-    los.append(lo)
-    his.append(hi)
-    for k in range(1, net.depth):
-        a_lo, a_hi = _activate(net, k - 1, lo, hi)
-        W, b = net.weights[k], net.biases[k]
-        mid, rad = (a_lo + a_hi) / 2, (a_hi - a_lo) / 2
-        lo, hi = _pad(W @ mid - np.abs(W) @ rad + b, W @ mid + np.abs(W) @ rad + b)
-        los.append(lo)
-        his.append(hi)
+    W0, b0 = net.weights[0], net.biases[0]
+    mag0 = np.abs(W0) @ np.maximum(np.abs(inp.lo), np.abs(inp.hi)) + np.abs(b0)
+    slack = PAD * (1.0 + mag0)
+    lo, hi = inp.lower(W0) + b0 - slack, -inp.lower(-W0) + b0 + slack
+    later = _interval_from(net, 0, lo, hi)
+    los = [lo] + [pair[0] for pair in later]
+    his = [hi] + [pair[1] for pair in later]
     return Bounds(tuple(los), tuple(his), BoundMethod.INTERVAL)
 
 
@@ -218,16 +224,26 @@ def back_substitute(
     back-substitution through the relaxations of layers < k (0-based ``k``)."""
     M = spec @ net.weights[k]
     const = spec @ net.biases[k] + offset
+    # Magnitudes of everything summed so far: the rounding of M and const is bounded relative
+    # to them, not to the (possibly cancelled) results.
+    M_mag = np.abs(spec) @ np.abs(net.weights[k])
+    const_mag = np.abs(spec) @ np.abs(net.biases[k]) + np.abs(offset)
     for j in range(k - 1, -1, -1):
         lo_slope, up_slope, up_icpt = _relaxation(net, j, bounds.lo[j], bounds.hi[j])
         pos = M >= 0
         slope = np.where(pos, lo_slope, up_slope)
-        const = const + np.where(pos, 0.0, M * up_icpt).sum(axis=1)
+        icpt = np.where(pos, 0.0, M * up_icpt)
+        const = const + icpt.sum(axis=1)
+        const_mag = const_mag + np.abs(icpt).sum(axis=1) + M_mag @ np.abs(up_icpt)
         M = M * slope
+        M_mag = M_mag * np.maximum(np.abs(lo_slope), np.abs(up_slope))
         const = const + M @ net.biases[j]
+        const_mag = const_mag + M_mag @ np.abs(net.biases[j])
         M = M @ net.weights[j]
+        M_mag = M_mag @ np.abs(net.weights[j])
     value = inp.lower(M) + const
-    value = value - PAD * (1.0 + np.abs(value) + np.abs(M).sum(axis=1) * _scale(inp))
+    mag = np.abs(value) + (np.abs(M) + M_mag).sum(axis=1) * _scale(inp) + const_mag
+    value = value - PAD * (1.0 + mag)
     return LinearBound(M, const, value)
 
 
@@ -260,12 +276,11 @@ def linear_bounds(net: PiecewiseLinearNet, inp: InputSet, start: Bounds | None =
 def _interval_from(
     net: PiecewiseLinearNet, k: int, lo: FloatArray, hi: FloatArray
 ) -> list[tuple[FloatArray, FloatArray]]:
+    """Interval bounds of layers k+1.. from the bounds (lo, hi) of layer k."""
     out = []
     for j in range(k + 1, net.depth):
         a_lo, a_hi = _activate(net, j - 1, lo, hi)
-        W, b = net.weights[j], net.biases[j]
-        mid, rad = (a_lo + a_hi) / 2, (a_hi - a_lo) / 2
-        lo, hi = _pad(W @ mid - np.abs(W) @ rad + b, W @ mid + np.abs(W) @ rad + b)
+        lo, hi = _affine_interval(net.weights[j], net.biases[j], a_lo, a_hi)
         out.append((lo, hi))
     return out
 
@@ -289,6 +304,9 @@ class _LP:
         inf = highspy.kHighsInf
         n = col_lo.size
         self.n = n
+        # largest |x_i| over the column bounds (0 where unbounded: then |value| alone pads)
+        span = np.maximum(np.abs(col_lo), np.abs(col_hi))
+        self.span = np.where(np.isfinite(span), span, 0.0)
         lp = highspy.HighsLp()
         lp.num_col_ = n
         lp.col_cost_ = np.zeros(n)
@@ -329,7 +347,7 @@ class _LP:
         if status != hs.HighsModelStatus.kOptimal:
             return -np.inf
         value = self.h.getInfo().objective_function_value
-        return float(value - LP_PAD * (1.0 + abs(value)))
+        return float(value - LP_PAD * (1.0 + abs(value) + float(np.abs(cost) @ self.span)))
 
 
 def _layer_rows(
