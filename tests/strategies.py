@@ -235,15 +235,19 @@ def _groups_covering(rng: np.random.Generator, num_classes: int) -> list[list[in
 
 
 @st.composite
-def point_specs(draw: st.DrawFn, num_classes: int) -> LocalRobustness | RelaxedTopK | Affinity:
+def point_specs(
+    draw: st.DrawFn,
+    num_classes: int,
+    kinds: tuple[str, ...] = ("LocalRobustness", "RelaxedTopK", "Affinity"),
+) -> LocalRobustness | RelaxedTopK | Affinity:
     """A local-robustness, relaxed top-k or affinity spec (groups may overlap) for a model
-    with ``num_classes`` classes."""
-    kind = draw(st.sampled_from(["robustness", "topk", "affinity"]))
+    with ``num_classes`` classes, of one of ``kinds`` (class names)."""
+    kind = draw(st.sampled_from(kinds))
     eps = draw(region_radii)
     norm = draw(norms)
-    if kind == "robustness":
+    if kind == "LocalRobustness":
         return LocalRobustness(eps, norm)
-    if kind == "topk":
+    if kind == "RelaxedTopK":
         return RelaxedTopK(draw(st.integers(1, max(1, num_classes - 1))), eps, norm)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     return Affinity(_groups_covering(rng, num_classes), eps, norm, allow_overlap=True)

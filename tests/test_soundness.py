@@ -28,10 +28,8 @@ from tests.soundness import (
     soundness_problems,
 )
 from tests.strategies import (
-    _groups_covering,
     adversarial_networks,
-    norms,
-    region_radii,
+    point_specs,
     safe_orderings,
     small_networks,
     soundness_networks,
@@ -42,7 +40,7 @@ from verispec.errors import UnsupportedError
 from verispec.network import Network
 from verispec.regions import Box, Norm
 from verispec.results import Verdict
-from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, Spec
+from verispec.specs import LocalRobustness
 
 SETTINGS = settings(
     deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -79,24 +77,13 @@ DETERMINISTIC = [n for n in engines_under_test() if _deterministic(_engine(n))]
 PROBABILISTIC = [n for n in engines_under_test() if n not in DETERMINISTIC]
 
 
-@st.composite
-def _spec_of_kind(draw: st.DrawFn, kind: str, num_classes: int) -> Spec:
-    eps, norm = draw(region_radii), draw(norms)
-    if kind == "LocalRobustness":
-        return LocalRobustness(eps, norm)
-    if kind == "RelaxedTopK":
-        return RelaxedTopK(draw(st.integers(1, max(1, num_classes - 1))), eps, norm)
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    return Affinity(_groups_covering(rng, num_classes), eps, norm, allow_overlap=True)
-
-
 @pytest.mark.parametrize("kind", ["LocalRobustness", "RelaxedTopK", "Affinity"])
 @pytest.mark.parametrize("name", DETERMINISTIC)
 @SETTINGS
 @given(data=st.data())
 def test_point_specs_are_sound(name, kind, data):
     net = data.draw(soundness_networks())
-    spec = data.draw(_spec_of_kind(kind, net.num_classes))
+    spec = data.draw(point_specs(net.num_classes, (kind,)))
     xs = data.draw(soundness_points(net))
     engine = _engine(name)
     assume(_supported(engine, net, spec))
