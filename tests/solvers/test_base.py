@@ -248,12 +248,16 @@ def _hard() -> tuple[Network, Property]:
 
 @pytest.mark.parametrize("timeout", [1e-3, 0.3])
 @pytest.mark.parametrize("name", NAMES)
-def test_a_short_timeout_gives_timeout(name, timeout):
+def test_a_short_timeout_gives_timeout_or_the_right_answer(name, timeout):
+    """A tiny limit always times out; a short one may time out or, on a fast machine, finish:
+    then the answer must be the right one (the property holds). Never a wrong verdict, and the
+    limit is honoured."""
     net, prop = _hard()
     start = time.perf_counter()
     res = solver_class(name)(EXACT).solve(net, prop, timeout)
     elapsed = time.perf_counter() - start
-    assert res.verdict is Verdict.TIMEOUT, res
+    allowed = {Verdict.TIMEOUT} if timeout < 0.01 else {Verdict.TIMEOUT, Verdict.CERTIFIED}
+    assert res.verdict in allowed, res
     assert res.counterexample is None
     assert elapsed < timeout + 2.0  # honoured (bounds and encoding take a little)
 
