@@ -257,26 +257,24 @@ class ExactSolverBase:
     # -- one input set ------------------------------------------------------------------------
     def _violation(
         self, net: PiecewiseLinearNet, inp: InputSet, bounds: Bounds, prop: Property
-    ) -> tuple[tuple[Atoms, ...] | None, list[FloatArray]]:
+    ) -> tuple[Atoms, ...] | None:
         """The clauses' violable atoms with their bounds; None when some clause provably holds
-        everywhere. Also returns the input coefficients of the atoms' linear lower bounds
-        (used to choose a split)."""
-        out, coefs = [], []
+        everywhere."""
+        out = []
         last = net.depth - 1
         for clause in prop.predicate.clauses:
             if clause.C.shape[0] == 0:
-                return None, []  # an empty conjunction is true
+                return None  # an empty conjunction is true
             lb = back_substitute(net, inp, bounds, last, clause.C, clause.d)
             ub = back_substitute(net, inp, bounds, last, -clause.C, -clause.d)
             lower, upper = lb.value, -ub.value
             live = lower <= 0
             if not live.any():
-                return None, []  # every atom > 0 everywhere: the clause, hence the predicate
+                return None  # every atom > 0 everywhere: the clause, hence the predicate
             if (upper[live] <= 0).any():
                 continue  # some atom is <= 0 everywhere: the clause is always violated
             out.append(Atoms(clause.C[live], clause.d[live], lower[live], upper[live]))
-            coefs.append(lb.coef[live])
-        return tuple(out), coefs
+        return tuple(out)
 
     def _decide(
         self,
@@ -287,7 +285,7 @@ class ExactSolverBase:
         bounds: Bounds,
         deadline: float,
     ) -> tuple[Verdict, FloatArray | None, str]:
-        violation, _ = self._violation(net, inp, bounds, prop)
+        violation = self._violation(net, inp, bounds, prop)
         stats = f"{bounds.num_unstable(net)} unstable ReLUs ({bounds.method.value} bounds)"
         if violation is None:
             return Verdict.CERTIFIED, None, f"proved by the bounds; {stats}"
@@ -443,21 +441,6 @@ def _halve(
     hi_left[rows, dim] = mid
     lo_right[rows, dim] = mid
     return (lo, hi_left), (lo_right, hi)
-
-
-def _split(piece: InputSet, coefs: list[FloatArray]) -> list[InputSet]:
-    """Halve the box along the dimension with the largest |coefficient| x width in the linear
-    lower bounds of the live atoms (the widest dimension when they carry no signal)."""
-    width = piece.hi - piece.lo
-    score = np.zeros_like(width)
-    for c in coefs:
-        score = score + (np.abs(c) * width).sum(axis=0)
-    dim = int(np.argmax(score)) if score.max() > 0 else int(np.argmax(width))
-    mid = (piece.lo[dim] + piece.hi[dim]) / 2
-    hi_left, lo_right = piece.hi.copy(), piece.lo.copy()
-    hi_left[dim] = mid
-    lo_right[dim] = mid
-    return [piece.with_box(piece.lo, hi_left), piece.with_box(lo_right, piece.hi)]
 
 
 def _into_region(prop: Property, x: FloatArray) -> FloatArray:

@@ -15,7 +15,7 @@ import numpy as np
 from solvers.base import SolverConfig
 from solvers.milp import MilpSolver
 from verispec.attacks import pgd_attack, sample_attack
-from verispec.audit import audit
+from verispec.audit import audit, goals_at
 from verispec.engines.lipschitz import LipschitzBounds, LipschitzEngine
 from verispec.engines.projections import ProjectionsConfig
 from verispec.engines.smoothing import SmoothingConfig, SmoothingEngine
@@ -23,7 +23,7 @@ from verispec.network import Network
 from verispec.properties import Goal
 from verispec.regions import Box, FloatArray, Norm
 from verispec.results import CheckResult, GuaranteeKind, Verdict
-from verispec.specs import LocalRobustness, SafeOrdering, Spec
+from verispec.specs import LocalRobustness, Spec
 
 EXACT_ENGINES = frozenset({"milp", "smt"})
 """Engines that wrap the exact solvers: they are the reference, not audited here."""
@@ -33,13 +33,6 @@ ENGINE_CONFIGS: dict[str, Any] = {
     "projections": ProjectionsConfig(max_regions=2000, time_per_point=5.0),
 }
 """Test configuration per engine name (engines with usable defaults need no entry)."""
-
-
-def _goals(network: Network, spec: Spec, xs: FloatArray, domain: Box | None) -> list[Goal]:
-    if isinstance(spec, SafeOrdering):
-        return [Goal((spec.as_property(),))]
-    ys = network.forward64(xs)
-    return [spec.at(x, y, domain) for x, y in zip(xs, ys, strict=True)]
 
 
 def _attack(network: Network, goal: Goal, rng: np.random.Generator) -> FloatArray | None:
@@ -66,7 +59,9 @@ def soundness_problems(
     problems = [f"{v.kind.value} at point {v.index}: {v.detail}" for v in report.violations]
     rng = np.random.default_rng(seed)
     points = report.engine_results
-    for i, (goal, claim) in enumerate(zip(_goals(network, spec, xs, domain), points, strict=True)):
+    for i, (goal, claim) in enumerate(
+        zip(goals_at(network, spec, xs, domain), points, strict=True)
+    ):
         if claim.verdict is Verdict.CERTIFIED and goal.alternatives:
             w = _attack(network, goal, rng)
             if w is not None:

@@ -174,7 +174,7 @@ def audit(
             f"engine {engine.name!r} gives probabilistic guarantees about a smoothed classifier: "
             "an exact solver cannot audit them"
         )
-    goals = _goals(network, spec, xs, domain)
+    goals = goals_at(network, spec, xs, domain)
     start = time.perf_counter()
     solver_results, violations = [], []
     for i, (goal, claim) in enumerate(zip(goals, engine_results, strict=True)):
@@ -202,7 +202,8 @@ def audit(
     )
 
 
-def _goals(network: Network, spec: Spec, xs: FloatArray, domain: Box | None) -> list[Goal]:
+def goals_at(network: Network, spec: Spec, xs: FloatArray, domain: Box | None) -> list[Goal]:
+    """The goal of ``spec`` at each point (one global goal for a safe-ordering spec)."""
     if isinstance(spec, SafeOrdering):
         return [Goal((spec.as_property(),))]
     logits = network.forward64(xs)
@@ -221,9 +222,8 @@ def _refutations(
     point_margin = float("nan")
     if point is not None and goal.alternatives:
         point_margin = _goal_margin(network, goal, point)
-    if claim.verdict is Verdict.CERTIFIED and exact.verdict is Verdict.FALSIFIED:
-        w = exact.counterexample
-        assert w is not None
+    w = exact.counterexample  # present exactly when the solver says FALSIFIED
+    if claim.verdict is Verdict.CERTIFIED and w is not None:
         out.append(
             Violation(
                 ViolationKind.UNSOUND_CERTIFICATE,

@@ -340,7 +340,8 @@ class _Explorer:
         scaled = rows * D[:, None, :]
         if k == 0:
             return scaled if self.gram else scaled @ self.low.W[0]
-        assert J is not None
+        if J is None:
+            raise ValueError("layer k > 0 needs the Jacobian of the layers before it")
         return scaled @ J
 
     def evaluate(

@@ -182,7 +182,8 @@ class SmoothingEngine:
     ) -> list[CheckResult]:
         """CERTIFY every point; the domain is not used (g is defined on all of R^d)."""
         self.supports(network, spec)
-        assert isinstance(spec, LocalRobustness)
+        if not isinstance(spec, LocalRobustness):  # supports() has refused it already
+            raise UnsupportedError(f"smoothing cannot check {type(spec).__name__}")
         cfg = self.config
         reach = best_radius(cfg.sigma, cfg.n, cfg.alpha)
         warning = ""
