@@ -477,6 +477,13 @@ def _parse_groups(text: str | None) -> list[list[int]] | None:
     is_flag=True,
     help="rescale every body layer to an estimated operator norm of 1 before training",
 )
+@click.option(
+    "--shift",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="augment: move each training image by up to N pixels (helps with few images)",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option(
@@ -542,6 +549,7 @@ def train(**opts: Any) -> None:
             noise=opts["noise"],
             power_iterations=opts["power_iterations"],
             unit_init=opts["unit_init"],
+            shift=opts["shift"],
             eval_limit=opts["eval_limit"],
             eval_eps=opts["eps"],
         )

@@ -43,14 +43,30 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 # Per-architecture defaults for the options left unset (the README figures were measured so).
 DEFAULTS: dict[str, dict[str, object]] = {
-    "2c2f": {"epochs": 60, "power_iterations": 1, "unit_init": False, "eps_warmup": 0.4},
-    "4c3f": {"epochs": 70, "power_iterations": 5, "unit_init": True, "eps_warmup": 0.05},
+    "2c2f": {
+        "epochs": 60,
+        "power_iterations": 1,
+        "unit_init": False,
+        "eps_warmup": 0.4,
+        "shift": 0,
+        "lr": 1e-3,
+    },
+    "4c3f": {
+        "epochs": 120,
+        "power_iterations": 5,
+        "unit_init": True,
+        "eps_warmup": 0.05,
+        "shift": 0,
+        "lr": 3e-4,
+    },
 }
 FALLBACK: dict[str, object] = {
     "epochs": 60,
     "power_iterations": 5,
     "unit_init": True,
     "eps_warmup": 0.4,
+    "shift": 0,
+    "lr": 1e-3,
 }
 
 
@@ -73,9 +89,15 @@ def main() -> None:
     parser.add_argument(
         "--eps-warmup", type=float, default=None, help="fraction of training ramping eps up"
     )
+    parser.add_argument(
+        "--shift", type=int, default=None, help="augment: random translation, pixels"
+    )
+    parser.add_argument(
+        "--lr-final", type=float, default=0.01, help="final lr as a fraction of --lr (cosine)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="model file to write")
     args = parser.parse_args()
@@ -92,13 +114,14 @@ def main() -> None:
         ArchConfig(Arch.parse(args.arch)),
         loss=LossKind(args.loss),
         eps=EpsSchedule(args.eps * args.train_eps_factor, Ramp.LINEAR, 0.0, args.eps_warmup),
-        lr=LrSchedule(args.lr, warmup=0.0, final=0.01),
+        lr=LrSchedule(args.lr, warmup=0.0, final=args.lr_final),
         epochs=args.epochs,
         batch_size=args.batch_size,
         device=args.device,
         eval_limit=500,
         power_iterations=args.power_iterations,
         unit_init=args.unit_init,
+        shift=args.shift,
     )
     print(
         f"{args.arch} {args.loss} eps {args.eps} on {len(train_data)} train / {len(test_data)} "

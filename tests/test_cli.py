@@ -109,13 +109,14 @@ def test_train_writes_a_loadable_model_and_log(tmp_path):
     out = tmp_path / "m.pt"
     args = ["train", "--data", "sklearn:digits", "--arch", "minmax-mlp", "--width", "16"]
     args += ["--depth", "1", "--epochs", "2", "--power-iterations", "2", "--unit-init"]
-    args += ["--eval-limit", "50", "--out", str(out)]
+    args += ["--shift", "1", "--eval-limit", "50", "--out", str(out)]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     network, meta = load_model(out)
     assert network.num_classes == 10 and meta["training"]["unit_init"] is True
     log = json.loads(out.with_suffix(".log.json").read_text())
     assert log["config"]["power_iterations"] == 2 and log["config"]["unit_init"] is True
+    assert log["config"]["shift"] == 1
     assert len(log["epochs"]) == 2
     bad = CliRunner().invoke(main, ["train", "--data", "nope:x", "--out", str(out)])
     assert bad.exit_code == 2 and "nope" in bad.output

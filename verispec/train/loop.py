@@ -37,6 +37,7 @@ from verispec.results import Verdict
 from verispec.specs import LocalRobustness
 from verispec.train import losses
 from verispec.train.architectures import ArchConfig, build
+from verispec.train.augment import random_shift
 from verispec.train.lipschitz import PowerIteration
 from verispec.train.schedules import EpsSchedule, LambdaSchedule, LrSchedule
 
@@ -75,6 +76,7 @@ class TrainConfig:
     eval_eps: float | None = None  # the radius VRA is reported at (default: the training eps)
     power_iterations: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     unit_init: bool = False
+    shift: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # augmentation, pixels
 
     def __attrs_post_init__(self) -> None:
         if self.norm is not Norm.L2:
@@ -163,6 +165,10 @@ def train(
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     input_shape = tuple(int(s) for s in train_data.x.shape[1:])
+    if cfg.shift and len(input_shape) != 3:
+        raise UnsupportedError(
+            f"shift augmentation needs image inputs (c, h, w), got {input_shape}"
+        )
     classes = int(max(train_data.y.max(), eval_data.y.max()) + 1)
     model = build(cfg.arch, input_shape, classes).to(device)
     estimator = None if cfg.loss is LossKind.CROSS_ENTROPY else PowerIteration(model, input_shape)
@@ -187,6 +193,7 @@ def train(
         k_est = torch.ones(())
         for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
             xb, yb = x[idx.to(device)], y[idx.to(device)]
+            xb = random_shift(xb, cfg.shift, gen)
             if cfg.noise > 0:
                 xb = xb + cfg.noise * torch.randn(xb.shape, generator=gen).to(device)
             logits = model(xb)
