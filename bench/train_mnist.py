@@ -6,7 +6,7 @@ the full 60k training split is not available here).
     python bench/train_mnist.py --arch 4c3f --eps 1.58 --threads 1
 
 Unset options take per-architecture defaults (``DEFAULTS``). 4C3F: Adam at 3e-4 (at 1e-3 the
-sound K climbs to 10-12 and VRA stays near 0 until the rate has decayed), batch 64, 30 epochs,
+sound K climbs to 10-12 and VRA stays near 0 until the rate has decayed), batch 32, 30 epochs,
 five power iterations a step, unit-norm body layers at the start (see
 ``verispec.train.loop``); the README's table has the settings tried and what each gave. 2C2F
 keeps the settings its README figure was measured with.
@@ -61,7 +61,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "eps_warmup": 0.17,
         "shift": 0,
         "lr": 3e-4,
-        "batch_size": 64,
+        "batch_size": 32,
     },
 }
 FALLBACK: dict[str, object] = {
