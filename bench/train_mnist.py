@@ -50,7 +50,6 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "power_iterations": 1,
         "unit_init": False,
         "eps_warmup": 0.4,
-        "shift": 0,
         "lr": 1e-3,
         "batch_size": 256,
     },
@@ -59,7 +58,6 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "power_iterations": 5,
         "unit_init": True,
         "eps_warmup": 0.17,
-        "shift": 0,
         "lr": 3e-4,
         "batch_size": 32,
     },
@@ -69,7 +67,6 @@ FALLBACK: dict[str, object] = {
     "power_iterations": 5,
     "unit_init": True,
     "eps_warmup": 0.4,
-    "shift": 0,
     "lr": 1e-3,
     "batch_size": 256,
 }
@@ -94,9 +91,7 @@ def main() -> None:
     parser.add_argument(
         "--eps-warmup", type=float, default=None, help="fraction of training ramping eps up"
     )
-    parser.add_argument(
-        "--shift", type=int, default=None, help="augment: random translation, pixels"
-    )
+    parser.add_argument("--shift", type=int, default=0, help="augment: random translation, pixels")
     parser.add_argument(
         "--lr-final", type=float, default=0.01, help="final lr as a fraction of --lr (cosine)"
     )

@@ -45,7 +45,7 @@ def test_zero_shift_is_the_identity_and_draws_repeat_per_seed():
 
 
 def test_bad_inputs_are_refused_with_the_reason():
-    with pytest.raises(UnsupportedError, match="image batches"):
+    with pytest.raises(UnsupportedError, match="image inputs"):
         random_shift(torch.rand(4, 64), 1, torch.Generator())
     with pytest.raises(UnsupportedError, match=r"\[0, 4\]"):
         random_shift(torch.rand(4, 1, 5, 5), 5, torch.Generator())

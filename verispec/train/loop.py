@@ -37,7 +37,7 @@ from verispec.results import Verdict
 from verispec.specs import LocalRobustness
 from verispec.train import losses
 from verispec.train.architectures import ArchConfig, build
-from verispec.train.augment import random_shift
+from verispec.train.augment import check_shift, random_shift
 from verispec.train.lipschitz import PowerIteration
 from verispec.train.schedules import EpsSchedule, LambdaSchedule, LrSchedule
 
@@ -165,10 +165,8 @@ def train(
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     input_shape = tuple(int(s) for s in train_data.x.shape[1:])
-    if cfg.shift and len(input_shape) != 3:
-        raise UnsupportedError(
-            f"shift augmentation needs image inputs (c, h, w), got {input_shape}"
-        )
+    if cfg.shift:
+        check_shift(cfg.shift, input_shape)
     classes = int(max(train_data.y.max(), eval_data.y.max()) + 1)
     model = build(cfg.arch, input_shape, classes).to(device)
     estimator = None if cfg.loss is LossKind.CROSS_ENTROPY else PowerIteration(model, input_shape)
