@@ -101,7 +101,8 @@ def ort_check(onnx_path: Path, spec: Any, x: np.ndarray) -> dict[str, Any]:
 
 
 def run_ours(onnx_path: Path, vnnlib_path: Path, timeout: float, solver: str) -> dict[str, Any]:
-    from solvers.base import solver_class
+    from verispec.solvers.base import solver_class
+
     from verispec.onnx import load_onnx
     from verispec.results import Verdict
     from verispec.vnnlib import parse_vnnlib, safe_property
@@ -315,10 +316,10 @@ def section_mnistfc(args: argparse.Namespace) -> list[dict[str, Any]]:
 def section_random(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
     from torch import nn
+    from verispec.solvers.base import SolverConfig
+    from verispec.solvers.milp import MilpSolver
+    from verispec.solvers.smt import SmtSolver
 
-    from solvers.base import SolverConfig
-    from solvers.milp import MilpSolver
-    from solvers.smt import SmtSolver
     from verispec.network import Network
     from verispec.regions import Norm
     from verispec.specs import LocalRobustness

@@ -30,8 +30,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from solvers.base import SolverConfig  # noqa: E402
-from solvers.milp import MilpSolver  # noqa: E402
+from verispec.solvers.base import SolverConfig  # noqa: E402
+from verispec.solvers.milp import MilpSolver  # noqa: E402
+
 from verispec.data import Split, load_data  # noqa: E402
 from verispec.engines.projections import ProjectionsConfig, ProjectionsEngine  # noqa: E402
 from verispec.network import Network  # noqa: E402

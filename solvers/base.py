@@ -32,8 +32,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import attrs
 import numpy as np
 from numpy.typing import NDArray
-
-from solvers.bounds import (
+from verispec.solvers.bounds import (
     BoundMethod,
     Bounds,
     InputSet,
@@ -43,7 +42,8 @@ from solvers.bounds import (
     batch_unstable,
     compute_bounds,
 )
-from solvers.lowering import PiecewiseLinearNet, lower
+from verispec.solvers.lowering import PiecewiseLinearNet, lower
+
 from verispec.attacks import pgd_attack, sample_attack
 from verispec.errors import UnsupportedError
 from verispec.network import Network
@@ -125,7 +125,7 @@ def register_solver(name: str) -> Callable[[type[S]], type[S]]:
 
 def solver_class(name: str) -> type[Any]:
     """The solver class registered as ``name``; unknown names raise UnsupportedError."""
-    from solvers import milp, smt  # noqa: F401  (registers the built-in solvers)
+    from verispec.solvers import milp, smt  # noqa: F401  (registers the built-in solvers)
 
     if name not in SOLVERS:
         raise UnsupportedError(f"unknown solver {name!r}; available: {', '.join(sorted(SOLVERS))}")

@@ -20,8 +20,8 @@ import time
 import attrs
 import numpy as np
 from numpy.typing import NDArray
+from verispec.solvers.lowering import PiecewiseLinearNet
 
-from solvers.lowering import PiecewiseLinearNet
 from verispec.errors import SpecError, UnsupportedError
 from verispec.regions import Ball, Box, FloatArray, Norm, Polytope, Region, frozen_array
 

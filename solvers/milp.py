@@ -21,9 +21,9 @@ import time
 from typing import Any
 
 import numpy as np
+from verispec.solvers.base import ExactSolverBase, Query, Search, SearchStatus, register_solver
+from verispec.solvers.bounds import InputSet
 
-from solvers.base import ExactSolverBase, Query, Search, SearchStatus, register_solver
-from solvers.bounds import InputSet
 from verispec.errors import ExtraNotInstalledError
 
 TIGHT = 1e-9

@@ -14,9 +14,9 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+from verispec.solvers.base import ExactSolverBase, Query, Search, SearchStatus, register_solver
+from verispec.solvers.bounds import InputSet
 
-from solvers.base import ExactSolverBase, Query, Search, SearchStatus, register_solver
-from solvers.bounds import InputSet
 from verispec.errors import ExtraNotInstalledError
 
 

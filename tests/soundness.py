@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 
 import attrs
 import numpy as np
+from verispec.solvers.base import SolverConfig
+from verispec.solvers.milp import MilpSolver
 
-from solvers.base import SolverConfig
-from solvers.milp import MilpSolver
 from verispec.attacks import pgd_attack, sample_attack
 from verispec.audit import audit, goals_at
 from verispec.engines.lipschitz import LipschitzBounds, LipschitzEngine

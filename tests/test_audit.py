@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from click.testing import CliRunner
 from torch import nn
+from verispec.solvers.base import SolverConfig
+from verispec.solvers.milp import MilpSolver
 
-from cli import main
-from solvers.base import SolverConfig
-from solvers.milp import MilpSolver
 from tests.soundness import FalseWitnessEngine, ScaledKEngine, soundness_problems
 from verispec.audit import ViolationKind, audit
+from verispec.cli import main
 from verispec.engines.base import ENGINES
 from verispec.engines.lipschitz import LipschitzEngine
 from verispec.modelfile import save_model

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from cli import main
+from verispec.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = str(ROOT / "specs/digits.toml")

@@ -21,7 +21,7 @@ from verispec.specs import SafeOrdering, Spec
 from verispec.vnnlib import parse_vnnlib, result_text, safe_property
 
 if TYPE_CHECKING:
-    from solvers.base import SolverConfig
+    from verispec.solvers.base import SolverConfig
 
 CHUNK = 1024
 """Points handed to an engine per call (progress is reported between chunks)."""
@@ -124,8 +124,8 @@ def solve_vnnlib(
 ) -> VnnlibAnswer:
     """Decide a VNN-COMP instance: every input box of the file must keep f(x) out of its unsafe
     set. ``sat`` as soon as one box has a counterexample."""
-    from solvers.base import SolverConfig, solver_class
     from verispec.onnx import load_onnx
+    from verispec.solvers.base import SolverConfig, solver_class
 
     start = time.perf_counter()
     network = load_onnx(onnx_path)

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from solvers.base import (
+from verispec.solvers.base import (
     SOLVERS,
     ExactSolverBase,
     Query,
@@ -23,8 +22,9 @@ from solvers.base import (
     register_solver,
     solver_class,
 )
-from solvers.milp import MilpSolver
-from solvers.smt import SmtSolver
+from verispec.solvers.milp import MilpSolver
+from verispec.solvers.smt import SmtSolver
+
 from tests.solvers.helpers import assert_confirmed, assert_goal_confirmed
 from verispec.errors import UnsupportedError
 from verispec.network import Dense, Network, ReLU
@@ -102,8 +102,8 @@ def test_solver_config_validates():
 
 def test_solvers_import_on_their_own():
     """Regression: importing a solvers module first used to fail with a circular import
-    (solvers.lowering -> verispec -> verispec.api -> solvers.base -> solvers.lowering)."""
-    code = "import solvers.lowering; import solvers.milp, solvers.smt"
+    (lowering -> verispec -> verispec.api -> solvers.base -> lowering)."""
+    code = "import verispec.solvers.lowering; import verispec.solvers.milp, verispec.solvers.smt"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-500:]
 

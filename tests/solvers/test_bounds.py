@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from solvers.bounds import (
+from verispec.solvers.bounds import (
     BoundMethod,
     Bounds,
     InputSet,
@@ -18,7 +17,8 @@ from solvers.bounds import (
     linear_bounds,
     lp_bounds,
 )
-from solvers.lowering import lower
+from verispec.solvers.lowering import lower
+
 from tests.solvers.helpers import sample_region
 from tests.strategies import conv_networks, regions, small_networks, unit_points
 from verispec.errors import SpecError, UnsupportedError

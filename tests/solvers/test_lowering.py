@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from verispec.solvers.lowering import PiecewiseLinearNet, lower
 
-from solvers.lowering import PiecewiseLinearNet, lower
 from tests.strategies import conv_networks, dense_networks, image_networks, small_networks
 from verispec.errors import UnsupportedError
 from verispec.layers import GroupSort, MinMax

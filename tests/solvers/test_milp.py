@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from verispec.solvers.base import Query, SolverConfig
+from verispec.solvers.bounds import BoundMethod, InputSet, compute_bounds
+from verispec.solvers.lowering import lower
+from verispec.solvers.milp import MilpSolver, encode
 
-from solvers.base import Query, SolverConfig
-from solvers.bounds import BoundMethod, InputSet, compute_bounds
-from solvers.lowering import lower
-from solvers.milp import MilpSolver, encode
 from tests.solvers.cases import any_goals, point_goals
 from tests.solvers.helpers import assert_confirmed, assert_goal_confirmed
 from tests.strategies import orderings, small_networks

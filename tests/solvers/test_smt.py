@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from verispec.solvers.base import Query, SolverConfig
+from verispec.solvers.bounds import BoundMethod, InputSet, compute_bounds
+from verispec.solvers.lowering import lower
+from verispec.solvers.milp import MilpSolver
+from verispec.solvers.smt import SmtSolver, _q, _to_float, encode
 
-from solvers.base import Query, SolverConfig
-from solvers.bounds import BoundMethod, InputSet, compute_bounds
-from solvers.lowering import lower
-from solvers.milp import MilpSolver
-from solvers.smt import SmtSolver, _q, _to_float, encode
 from tests.solvers.cases import any_goals, ordering_goals, point_goals
 from tests.solvers.helpers import assert_confirmed
 from verispec.network import Dense, Network, ReLU

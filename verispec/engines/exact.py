@@ -13,11 +13,11 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 
-from solvers.base import SolverConfig, solver_class
 from verispec.engines.base import register_engine
 from verispec.network import Network
 from verispec.regions import Box, FloatArray
 from verispec.results import CheckResult, Verdict
+from verispec.solvers.base import SolverConfig, solver_class
 from verispec.specs import SafeOrdering, Spec
 
 

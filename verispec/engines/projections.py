@@ -1,8 +1,9 @@
 """Fast geometric projections (Fromherz, Leino, Fredrikson, Parno & Pasareanu, ICLR 2021).
 
-The network is lowered to its exact piecewise-linear normal form (``solvers.lowering``: affine
-maps separated by partial ReLU layers; MinMax / GroupSort become compare-swap ReLUs, so an
-activation region fixes the order inside every group). An *activation pattern* (one bit per
+The network is lowered to its exact piecewise-linear normal form
+(``verispec.solvers.lowering``: affine maps separated by partial ReLU layers; MinMax /
+GroupSort become compare-swap ReLUs, so an activation region fixes the order inside every
+group). An *activation pattern* (one bit per
 ReLU of the lowered net) fixes an affine map; its region is where every pre-activation has the
 pattern's sign.
 
@@ -55,7 +56,6 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from solvers.lowering import PiecewiseLinearNet, lower
 from verispec.attacks import pgd_attack
 from verispec.engines.base import register_engine, resolve_device
 from verispec.errors import SpecError, UnsupportedError
@@ -63,6 +63,7 @@ from verispec.network import Network
 from verispec.properties import Goal
 from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
 from verispec.results import CheckResult, GuaranteeKind, Verdict
+from verispec.solvers.lowering import PiecewiseLinearNet, lower
 from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, SafeOrdering, Spec
 
 REL_MARGIN = 1e-9

@@ -1,0 +1,600 @@
+"""The ``verispec`` command line: parse, build typed objects, call the library, print."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+PROGRESS_MIN_POINTS = 2000
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def _guard(debug: bool, body: Callable[[], Any]) -> Any:
+    """Run ``body``; bad input becomes a one-line error and exit 2 (a traceback with --debug)."""
+    from verispec.errors import VerispecError
+
+    try:
+        return body()
+    except VerispecError as err:
+        if debug:
+            raise
+        _fail(str(err))
+    except (OSError, ValueError) as err:
+        if debug:
+            raise
+        _fail(f"{type(err).__name__}: {err}")
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}f}"
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def report_table(report: Any) -> str:
+    """The human summary of one property's report."""
+    counts = report.counts
+    if all(r.label is None for r in report.results) and report.points == 1:
+        (result,) = report.results
+        rows = [
+            ("spec", report.spec),
+            ("engine", report.engine),
+            ("verdict", result.verdict.value.upper()),
+            ("time", f"{result.time_s:.3f} s"),
+        ]
+        if result.detail:
+            rows.append(("detail", result.detail))
+        return f"{report.property_name}\n{_table(rows)}"
+    rows = [
+        ("spec", report.spec),
+        ("engine", report.engine),
+        ("points", str(report.points)),
+        ("clean accuracy", _fmt(report.clean_accuracy)),
+        ("VRA", _fmt(report.vra)),
+        ("certified", str(counts["certified"])),
+        ("falsified", str(counts["falsified"])),
+        ("unknown", str(counts["unknown"] + counts["abstain"] + counts["timeout"])),
+        ("median radius", _fmt(report.median_radius)),
+        ("points/s", _fmt(report.points_per_second, 0)),
+    ]
+    if any(r.radius is not None for r in report.results):
+        for r, acc in report.certified_accuracy():
+            rows.append((f"cert. acc @ r={r:g}", _fmt(acc)))
+    return f"{report.property_name}\n{_table(rows)}"
+
+
+@click.group()
+def main() -> None:
+    """verispec: certify properties of trained neural networks."""
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option(
+    "--engine",
+    "engine_name",
+    default=None,
+    help="engine name (default: the file's, else lipschitz)",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="check only the first N points"
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="write the reports as JSON",
+)
+@click.option("--device", default=None, help="torch device, e.g. cpu or cuda")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="draw certified accuracy against radius (PNG; needs matplotlib)",
+)
+@click.option("--debug", is_flag=True, help="show tracebacks")
+def check(
+    spec: str,
+    engine_name: str | None,
+    limit: int | None,
+    json_path: str | None,
+    device: str | None,
+    plot_path: str | None,
+    debug: bool,
+) -> None:
+    """Check every property of the spec file SPEC and print a table per property.
+
+    A property may name its own model and engine in the file; --engine overrides every
+    engine, and properties that engine does not support are skipped with the reason.
+    """
+
+    def run() -> None:
+        from verispec.api import check as vcheck
+        from verispec.errors import UnsupportedError
+        from verispec.specfile import load_specfile
+
+        sf = load_specfile(spec, limit=limit)
+        engines: dict[tuple[str, int], Any] = {}
+        reports = []
+        for prop in sf.properties:
+            engine = _engine_for(sf, prop, engine_name, device, engines)
+            network = prop.network or sf.network
+            total = 0 if sf.data is None else len(sf.data.take(sf.limit))
+            show = sys.stderr.isatty() and total >= PROGRESS_MIN_POINTS
+            try:
+                with click.progressbar(
+                    length=total, label=prop.name, file=sys.stderr, show_pos=True, hidden=not show
+                ) as bar:
+                    report = vcheck(
+                        network,
+                        prop.spec,
+                        sf.data,
+                        engine,
+                        limit=sf.limit,
+                        name=prop.name,
+                        radii=sf.radii if prop.radii is None else prop.radii,
+                        progress=bar.update,
+                    )
+            except UnsupportedError as err:
+                if engine_name is None:
+                    raise
+                click.echo(f"{prop.name}\n  skipped: {err}\n")
+                continue
+            reports.append(report)
+            click.echo(report_table(report) + "\n")
+        if json_path:
+            payload = {"spec_file": str(sf.path), "reports": [r.to_dict() for r in reports]}
+            Path(json_path).write_text(json.dumps(payload, indent=1))
+            click.echo(f"wrote {json_path}")
+        if plot_path:
+            from verispec.plot import plot_certified_accuracy
+
+            plot_certified_accuracy(reports, plot_path)
+            click.echo(f"wrote {plot_path}")
+
+    _guard(debug, run)
+
+
+def _engine_for(
+    sf: Any, prop: Any, override: str | None, device: str | None, cache: dict[Any, Any]
+) -> Any:
+    """The engine a property runs on: --engine, else the property's own, else the file's."""
+    import attrs
+
+    from verispec.engines.base import engine_class
+    from verispec.errors import UnsupportedError
+
+    if override is not None:
+        name = override
+        config = sf.engine_config if name == sf.engine_name else engine_class(name).Config()
+    elif prop.engine_name is not None:
+        name, config = prop.engine_name, prop.engine_config
+    else:
+        name, config = sf.engine_name, sf.engine_config
+    key = (name, id(config))
+    if key not in cache:
+        if device is not None:
+            if not hasattr(config, "device"):
+                raise UnsupportedError(f"engine {name!r} has no device option")
+            config = attrs.evolve(config, device=device)
+        cache[key] = engine_class(name)(config)
+    return cache[key]
+
+
+def audit_table(report: Any) -> str:
+    """The human summary of one property's audit."""
+    s = report.summary()
+    rows = [
+        ("spec", s["spec"]),
+        ("engine / solver", f"{s['engine']} / {s['solver']}"),
+        ("points", str(s["points"])),
+        ("engine certified", str(s["engine_certified"])),
+        ("engine falsified", str(s["engine_falsified"])),
+        ("solver certified", str(s["solver_certified"])),
+        ("solver falsified", str(s["solver_falsified"])),
+        ("solver undecided", str(s["solver_undecided"])),
+        ("tightness", _fmt(s["tightness"])),
+        ("engine time", f"{s['engine_time_s']:.2f} s"),
+        ("solver time", f"{s['solver_time_s']:.2f} s"),
+        ("VIOLATIONS", str(s["violations"])),
+    ]
+    lines = [_table(rows)]
+    for v in report.violations:
+        lines.append(
+            f"  ! {v.kind.value} at point {v.index}: margin {v.point_margin:.6g} at the point, "
+            f"{v.witness_margin:.6g} at the witness; {v.detail}"
+        )
+        lines.append(f"    witness: {np.array2string(v.witness.ravel(), precision=6)}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--engine", "engine_name", default=None, help="engine to audit (default: the file's)")
+@click.option("--solver", type=click.Choice(["milp", "smt"]), default="milp", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="audit the first N points")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="solver seconds per point",
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--debug", is_flag=True, help="show tracebacks")
+def audit(
+    spec: str,
+    engine_name: str | None,
+    solver: str,
+    limit: int | None,
+    timeout: float,
+    json_path: str | None,
+    debug: bool,
+) -> None:
+    """Audit an engine against an exact solver on every property of SPEC.
+
+    Prints a summary per property and every soundness violation; exits with status 1 when a
+    violation is found, 0 otherwise.
+    """
+
+    def run() -> int:
+        from verispec.api import points_of
+        from verispec.audit import audit as vaudit
+        from verispec.errors import UnsupportedError
+        from verispec.solvers.base import SolverConfig, solver_class
+        from verispec.specfile import load_specfile
+        from verispec.specs import SafeOrdering
+
+        sf = load_specfile(spec, limit=limit)
+        exact = solver_class(solver)(SolverConfig(timeout=timeout))
+        engines: dict[tuple[str, int], Any] = {}
+        reports = []
+        for prop in sf.properties:
+            engine = _engine_for(sf, prop, engine_name, None, engines)
+            network = prop.network or sf.network
+            xs = ys = domain = None
+            if not isinstance(prop.spec, SafeOrdering):
+                if sf.data is None:
+                    raise click.UsageError(f"property {prop.name!r} needs data points")
+                xs, ys, domain = points_of(network, sf.data, sf.limit)
+            try:
+                report = vaudit(engine, exact, network, prop.spec, xs, ys, domain, timeout)
+            except UnsupportedError as err:
+                click.echo(f"{prop.name}\n  skipped: {err}\n")
+                continue
+            reports.append(report)
+            click.echo(f"{prop.name}\n{audit_table(report)}\n")
+        if json_path:
+            payload = {"spec_file": str(sf.path), "audits": [r.to_dict() for r in reports]}
+            Path(json_path).write_text(json.dumps(payload, indent=1))
+            click.echo(f"wrote {json_path}")
+        total = sum(len(r.violations) for r in reports)
+        click.echo(f"{total} soundness violation(s)")
+        return 1 if total else 0
+
+    sys.exit(_guard(debug, run))
+
+
+@main.command()
+@click.argument("network", type=click.Path(dir_okay=False))
+@click.argument("prop", type=click.Path(dir_okay=False))
+@click.option("--solver", type=click.Choice(["milp", "smt"]), default="milp", show_default=True)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=116.0, show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="also write the VNN-COMP result file here",
+)
+@click.option("--verbose", is_flag=True, help="print the solver's detail to stderr")
+@click.option("--debug", is_flag=True, help="show tracebacks")
+def vnnlib(
+    network: str,
+    prop: str,
+    solver: str,
+    timeout: float,
+    out: str | None,
+    verbose: bool,
+    debug: bool,
+) -> None:
+    """Decide a VNN-COMP instance: NETWORK (.onnx) with PROP (.vnnlib, the unsafe set).
+
+    Prints unsat (the property holds), sat and the counterexample, timeout or unknown.
+    """
+
+    def run() -> None:
+        from verispec.api import solve_vnnlib
+
+        answer = solve_vnnlib(network, prop, solver, timeout)
+        text = answer.text()
+        click.echo(text, nl=False)
+        if verbose:
+            click.echo(f"{answer.time_s:.2f} s: {answer.detail}", err=True)
+        if out:
+            Path(out).write_text(text)
+
+    _guard(debug, run)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--debug", is_flag=True, help="show tracebacks")
+def info(model: str, debug: bool) -> None:
+    """Print MODEL's layers, each layer's proven l2 Lipschitz bound, and the network's K."""
+
+    def run() -> None:
+        import numpy as np
+
+        from verispec.engines.lipschitz import network_lipschitz
+        from verispec.modelfile import load_model
+        from verispec.regions import Norm
+
+        network, meta = load_model(model)
+        l2 = network_lipschitz(network, Norm.L2)
+        linf = network_lipschitz(network, Norm.LINF)
+        click.echo(f"{model}: input {network.input_shape}, {network.num_classes} classes")
+        for line, bound in zip(network.describe(), linf.layers, strict=True):
+            extra = "" if bound.linf_to_l2 is None else f"  linf->l2 <= {bound.linf_to_l2:.4g}"
+            click.echo(f"{line:<48} l2 Lipschitz <= {bound.l2:.6g}{extra}")
+        click.echo(f"K (l2, layers before the last dense layer): {l2.body:.6g}")
+        click.echo(f"K (linf -> l2, same layers):               {linf.body:.6g}")
+        if l2.head is not None:
+            pair = l2.pairwise()
+            off = pair[~np.eye(pair.shape[0], dtype=bool)]
+            click.echo(f"K_ij (l2) range: {off.min():.6g} .. {off.max():.6g}")
+        if meta:
+            click.echo("metadata: " + json.dumps(meta, sort_keys=True))
+
+    _guard(debug, run)
+
+
+def _parse_groups(text: str | None) -> list[list[int]] | None:
+    """ "1,7;3,5,8,9" -> [[1, 7], [3, 5, 8, 9]]."""
+    if text is None:
+        return None
+    try:
+        return [[int(c) for c in part.split(",")] for part in text.split(";") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"groups look like '1,7;3,5,8', got {text!r}") from None
+
+
+@main.command()
+@click.option(
+    "--data",
+    "source",
+    default="sklearn:digits",
+    show_default=True,
+    help="data source, as in spec files (train split to fit, test split to evaluate)",
+)
+@click.option(
+    "--arch",
+    default="minmax-mlp",
+    show_default=True,
+    help="minmax-mlp | 2c2f | 4c3f | 6c2f | liresnet",
+)
+@click.option("--width", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--depth", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option(
+    "--cholesky-head", is_flag=True, help="liresnet: add a Cholesky-orthogonal dense layer"
+)
+@click.option(
+    "--loss",
+    type=click.Choice(["gloro", "trades", "emma", "ce"]),
+    default="gloro",
+    show_default=True,
+)
+@click.option(
+    "--eps",
+    type=click.FloatRange(min=0),
+    default=0.3,
+    show_default=True,
+    help="l2 radius to certify (VRA is reported at it)",
+)
+@click.option(
+    "--train-eps",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="l2 radius the loss uses (default: --eps; a little larger often helps)",
+)
+@click.option("--norm", type=click.Choice(["l2"]), default="l2", show_default=True)
+@click.option(
+    "--eps-ramp",
+    type=click.Choice(["linear", "log", "cosine", "constant"]),
+    default="linear",
+    show_default=True,
+)
+@click.option(
+    "--eps-start",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="warm-up starts at this fraction of eps",
+)
+@click.option(
+    "--eps-warmup",
+    type=click.FloatRange(0, 1),
+    default=0.3,
+    show_default=True,
+    help="fraction of training to reach the full eps",
+)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--lr-warmup", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option(
+    "--lr-final",
+    type=click.FloatRange(0, 1),
+    default=0.01,
+    show_default=True,
+    help="final learning rate as a fraction of --lr (cosine decay)",
+)
+@click.option(
+    "--trades-lambda",
+    type=(float, float),
+    default=(1.0, 1.0),
+    show_default=True,
+    help="TRADES weight: start and end of a linear schedule",
+)
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="relaxed top-k GloRo loss")
+@click.option("--groups", default=None, help="affinity GloRo loss, e.g. '1,7;3,5,8,9'")
+@click.option(
+    "--noise",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Gaussian noise sigma added to inputs (base classifiers for smoothing)",
+)
+@click.option(
+    "--power-iterations",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="power iterations per step for the training-time K estimate (5 for deep convnets)",
+)
+@click.option(
+    "--unit-init",
+    is_flag=True,
+    help="rescale every body layer to an estimated operator norm of 1 before training",
+)
+@click.option(
+    "--shift",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="augment: move each training image by up to N pixels (helps with few images)",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option(
+    "--eval-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="evaluate VRA on the first N test points each epoch",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="model file to write (a JSON training log is written beside it)",
+)
+@click.option("--debug", is_flag=True, help="show tracebacks")
+def train(**opts: Any) -> None:
+    """Train a certifiably robust model and save it with its sound Lipschitz constant."""
+
+    def run() -> None:
+        import attrs
+
+        from verispec.data import Split, load_data
+        from verispec.engines.base import resolve_device
+        from verispec.modelfile import save_model
+        from verispec.network import Network
+        from verispec.regions import Norm
+        from verispec.train import (
+            Arch,
+            ArchConfig,
+            EpsSchedule,
+            LambdaSchedule,
+            LossKind,
+            LrSchedule,
+            Ramp,
+            TrainConfig,
+        )
+        from verispec.train import train as run_training
+
+        resolve_device(opts["device"])
+        cfg = TrainConfig(
+            arch=ArchConfig(
+                Arch.parse(opts["arch"]), opts["width"], opts["depth"], opts["cholesky_head"]
+            ),
+            loss=LossKind(opts["loss"]),
+            eps=EpsSchedule(
+                opts["eps"] if opts["train_eps"] is None else opts["train_eps"],
+                Ramp(opts["eps_ramp"]),
+                opts["eps_start"],
+                opts["eps_warmup"],
+            ),
+            lr=LrSchedule(opts["lr"], opts["lr_warmup"], opts["lr_final"]),
+            trades_lambda=LambdaSchedule(*opts["trades_lambda"]),
+            epochs=opts["epochs"],
+            batch_size=opts["batch_size"],
+            seed=opts["seed"],
+            device=opts["device"],
+            norm=Norm.parse(opts["norm"]),
+            top_k=opts["top_k"],
+            groups=_parse_groups(opts["groups"]),
+            noise=opts["noise"],
+            power_iterations=opts["power_iterations"],
+            unit_init=opts["unit_init"],
+            shift=opts["shift"],
+            eval_limit=opts["eval_limit"],
+            eval_eps=opts["eps"],
+        )
+        train_data = load_data(opts["source"], Split.TRAIN)
+        test_data = load_data(opts["source"], Split.TEST)
+        click.echo(
+            f"training {opts['arch']} on {train_data.name} ({len(train_data)} points), "
+            f"evaluating on {test_data.name} ({len(test_data)} points)"
+        )
+        click.echo(
+            f"{'epoch':>5} {'loss':>8} {'eps':>6} {'clean':>6} {'VRA':>6} {'K est':>9} "
+            f"{'K sound':>9} {'s':>6}"
+        )
+
+        def show(e: Any) -> None:
+            click.echo(
+                f"{e.epoch:>5} {e.loss:>8.4f} {e.eps:>6.3f} {e.clean_accuracy:>6.3f} "
+                f"{e.vra:>6.3f} {e.k_estimate:>9.4g} {e.k_sound:>9.4g} {e.seconds:>6.1f}"
+            )
+
+        model, log = run_training(cfg, train_data, test_data, on_epoch=show)
+        network = Network.from_torch(model.cpu(), tuple(train_data.x.shape[1:]))
+        final = log[-1]
+        meta = {
+            "training": cfg.to_dict(),
+            "data": opts["source"],
+            "sound_k_l2": final.k_sound,
+            "clean_accuracy": final.clean_accuracy,
+            "vra": final.vra,
+            "eps": opts["eps"],
+        }
+        save_model(network, opts["out_path"], meta)
+        log_path = Path(opts["out_path"]).with_suffix(".log.json")
+        log_path.write_text(
+            json.dumps(
+                {"config": cfg.to_dict(), "epochs": [attrs.asdict(e) for e in log]}, indent=1
+            )
+        )
+        click.echo(
+            f"wrote {opts['out_path']} and {log_path}: clean {final.clean_accuracy:.3f}, "
+            f"VRA {final.vra:.3f} at l2 eps {opts['eps']:g} (sound K {final.k_sound:.4g})"
+        )
+
+    _guard(opts["debug"], run)
+
+
+if __name__ == "__main__":
+    main()
