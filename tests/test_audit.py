@@ -17,10 +17,10 @@ from verispec.cli import main
 from verispec.engines.base import ENGINES
 from verispec.engines.lipschitz import LipschitzEngine
 from verispec.modelfile import save_model
-from verispec.network import Network
-from verispec.regions import Box, Norm
-from verispec.results import Verdict
-from verispec.specs import LocalRobustness
+from verispec.network import Dense, Network
+from verispec.regions import Box, FloatArray, Norm
+from verispec.results import CheckResult, Verdict
+from verispec.specs import LocalRobustness, Spec
 
 
 def _linear_net() -> Network:
@@ -36,7 +36,9 @@ def _near_radius_case(factor: float = 1.02):
     """Points with eps = factor x their exact robust radius (inside the unit domain)."""
     net = _linear_net()
     xs = np.array([[0.5, 0.5], [0.45, 0.55], [0.6, 0.4]])
-    w = net.layers[0].weight
+    layer = net.layers[0]
+    assert isinstance(layer, Dense)
+    w = layer.weight
     ys = net.forward64(xs)
     radii = np.abs(ys[:, 0] - ys[:, 1]) / np.linalg.norm(w[0] - w[1])
     eps = float(radii.min()) * factor
@@ -112,11 +114,82 @@ def test_audit_needs_points_for_point_specs():
         audit(LipschitzEngine(), MilpSolver(), _linear_net(), LocalRobustness(0.1, Norm.L2))
 
 
-def test_domain_is_respected():
-    net = _linear_net()
-    xs = np.array([[0.0, 0.0]])
-    domain = Box.uniform(0.0, 1.0, (2,))
-    report = audit(
-        LipschitzEngine(), MilpSolver(), net, LocalRobustness(0.05, Norm.LINF), xs, None, domain
-    )
-    assert report.sound
+class _CertifyAll:
+    """Certifies every point: sound exactly where the property holds."""
+
+    name = "certify-all"
+
+    def supports(self, network: Network, spec: Spec) -> None:
+        """Everything."""
+
+    def check(
+        self,
+        network: Network,
+        spec: Spec,
+        xs: FloatArray,
+        labels: np.ndarray | None = None,
+        domain: Box | None = None,
+    ) -> list[CheckResult]:
+        return [CheckResult(Verdict.CERTIFIED, self.name) for _ in xs]
+
+
+class _WitnessBelowZero:
+    """Falsifies every point with x - 0.05 (every coordinate): a counterexample of the bare
+    ball in ``_corner_case``, but outside the unit domain."""
+
+    name = "witness-below-zero"
+
+    def supports(self, network: Network, spec: Spec) -> None:
+        """Everything."""
+
+    def check(
+        self,
+        network: Network,
+        spec: Spec,
+        xs: FloatArray,
+        labels: np.ndarray | None = None,
+        domain: Box | None = None,
+    ) -> list[CheckResult]:
+        return [CheckResult(Verdict.FALSIFIED, self.name, counterexample=x - 0.05) for x in xs]
+
+
+def _corner_case() -> tuple[Network, FloatArray, LocalRobustness, Box]:
+    """f(x) = (x0 + x1, -0.01) at x = (0.02, 0.02), l_inf eps 0.05, domain [0, 1]^2.
+
+    Over the bare ball min (x0 + x1) = -0.06 < -0.01: the property fails (at x - 0.05, outside
+    the domain). Over ball & domain min (x0 + x1) = 0 > -0.01: it holds, margin 0.01.
+    """
+    lin = nn.Linear(2, 2).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+        lin.bias.copy_(torch.tensor([0.0, -0.01]))
+    net = Network.from_torch(lin, (2,))
+    xs = np.array([[0.02, 0.02]])
+    return net, xs, LocalRobustness(0.05, Norm.LINF), Box.uniform(0.0, 1.0, (2,))
+
+
+def test_domain_decides_the_audit_of_a_certificate():
+    """The same certificate is sound inside the domain and unsound without it: the audit must
+    hand the domain to the exact solver."""
+    net, xs, spec, domain = _corner_case()
+    inside = audit(_CertifyAll(), MilpSolver(SolverConfig(timeout=30)), net, spec, xs, None, domain)
+    assert inside.solver_results[0].verdict is Verdict.CERTIFIED
+    assert inside.violations == ()
+    bare = audit(_CertifyAll(), MilpSolver(SolverConfig(timeout=30)), net, spec, xs)
+    assert bare.solver_results[0].verdict is Verdict.FALSIFIED
+    assert [v.kind for v in bare.violations] == [ViolationKind.UNSOUND_CERTIFICATE]
+    witness = bare.violations[0].witness
+    assert not domain.contains(witness)
+    assert bare.violations[0].witness_margin <= 0
+
+
+def test_witness_outside_the_domain_is_a_bad_witness():
+    """x - 0.05 refutes the bare ball but lies outside the domain: only the bare audit
+    accepts it."""
+    net, xs, spec, domain = _corner_case()
+    engine = _WitnessBelowZero()
+    bare = audit(engine, MilpSolver(SolverConfig(timeout=30)), net, spec, xs)
+    assert bare.violations == ()
+    inside = audit(engine, MilpSolver(SolverConfig(timeout=30)), net, spec, xs, None, domain)
+    assert [v.kind for v in inside.violations] == [ViolationKind.BAD_WITNESS]
+    assert inside.violations[0].witness_margin < 0  # the logits do violate: only the domain

@@ -1,5 +1,6 @@
 import itertools
 import json
+import re
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -71,12 +72,21 @@ def test_smoothing_property_uses_its_own_model_and_engine_and_plots(tmp_path):
 
 
 def test_engine_override_skips_unsupported_properties(tmp_path):
-    res = CliRunner().invoke(main, ["check", SPEC, "--limit", "2", "--engine", "milp"])
+    out = tmp_path / "milp.json"
+    args = ["check", SPEC, "--limit", "2", "--json", str(out), "--engine"]
+    res = CliRunner().invoke(main, [*args, "milp"])
     assert res.exit_code == 0, res.output
-    assert "engine             milp" in res.output or "milp" in res.output
-    res = CliRunner().invoke(main, ["check", SPEC, "--limit", "2", "--engine", "smoothing"])
+    # milp decides all six properties: each report, and each table, names it as the engine
+    assert [r["engine"] for r in json.loads(out.read_text())["reports"]] == ["milp"] * 6
+    assert re.findall(r"^  engine +(\S+)$", res.output, re.M) == ["milp"] * 6
+    res = CliRunner().invoke(main, [*args, "smoothing"])
     assert res.exit_code == 0, res.output
-    assert "skipped" in res.output and "local robustness only" in res.output
+    reports = json.loads(out.read_text())["reports"]
+    assert [(r["property"], r["engine"]) for r in reports] == [
+        ("robust-l2-0.3", "smoothing"),
+        ("smoothed-l2-0.3", "smoothing"),
+    ]
+    assert res.output.count("skipped: ") == 4 and "local robustness only" in res.output
 
 
 BENCH = ROOT.parent / "shared" / "benchmarks" / "vnncomp2021" / "test"

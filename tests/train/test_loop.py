@@ -1,3 +1,4 @@
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -39,7 +40,10 @@ def test_three_epochs_are_deterministic_and_lower_the_loss(digits, loss):
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert log1[-1].loss < log1[0].loss
-    assert log1 == log2 or [e.loss for e in log1] == [e.loss for e in log2]
+    # every figure but the wall-clock seconds repeats exactly
+    assert [attrs.evolve(e, seconds=0.0) for e in log1] == [
+        attrs.evolve(e, seconds=0.0) for e in log2
+    ]
     assert all(e.k_sound > 0 for e in log1)
 
 
