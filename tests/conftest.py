@@ -10,13 +10,13 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-_COMMON = dict(
+_COMMON = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=False,
 )
-settings.register_profile("default", max_examples=25, **_COMMON)
-settings.register_profile("slow", max_examples=1000, **_COMMON)
+settings.register_profile("default", _COMMON, max_examples=25)
+settings.register_profile("slow", _COMMON, max_examples=1000)
 settings.load_profile("slow" if os.environ.get("VERISPEC_SLOW") else "default")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -117,7 +118,7 @@ def test_audit_needs_points_for_point_specs():
 class _CertifyAll:
     """Certifies every point: sound exactly where the property holds."""
 
-    name = "certify-all"
+    name: ClassVar[str] = "certify-all"
 
     def supports(self, network: Network, spec: Spec) -> None:
         """Everything."""
@@ -137,7 +138,7 @@ class _WitnessBelowZero:
     """Falsifies every point with x - 0.05 (every coordinate): a counterexample of the bare
     ball in ``_corner_case``, but outside the unit domain."""
 
-    name = "witness-below-zero"
+    name: ClassVar[str] = "witness-below-zero"
 
     def supports(self, network: Network, spec: Spec) -> None:
         """Everything."""

@@ -34,6 +34,7 @@ def test_default_spec_file_parses_every_kind():
     assert kinds == {LocalRobustness, RelaxedTopK, Affinity, SafeOrdering}
     assert sf.radii == (0.1, 0.3, 0.5, 1.0)
     lr = sf.properties[1].spec
+    assert isinstance(lr, LocalRobustness)
     assert lr.norm is Norm.LINF and lr.eps == 0.02
     assert sf.properties[1].radii == (0.01, 0.02, 0.05, 0.1) and sf.properties[0].radii is None
 

@@ -104,8 +104,8 @@ def test_more_power_iterations_track_the_moving_spectral_norm():
             opt.zero_grad()
             loss.backward()
             opt.step()
-        k = float(est.body_constant(iterations).detach())
-        gaps.append(sound_constant(model, shape) / k)
+        estimate = float(est.body_constant(iterations).detach())
+        gaps.append(sound_constant(model, shape) / estimate)
     assert gaps[0] >= 1.0 and gaps[1] >= 1.0
     assert gaps[1] < gaps[0]
 
