@@ -2,7 +2,8 @@
 
 A solver answers one property: for all x in the region, does the predicate hold at f(x)?
 
-    solver.solve(network, prop, timeout) -> CheckResult   # CERTIFIED, FALSIFIED(x') or TIMEOUT
+    solver.solve(network, prop, timeout) -> CheckResult   # CERTIFIED, FALSIFIED(x'), TIMEOUT
+                                                          # or UNKNOWN
 
 Every solver only implements ``search(query, deadline)``: find x in the input set such that
 *every* clause of the predicate has an atom ``c . y + d <= margin`` (the violation), or prove
@@ -20,6 +21,11 @@ there is none. ``ExactSolverBase.solve`` does the rest, the same way for every b
    fails the re-check triggers one more search with ``margin = -tolerance``; if that finds
    nothing re-checkable either, the answer is UNKNOWN (the margin is within the solver's
    tolerance of zero): a failed re-check is never a verdict.
+
+A back-end's own failure (an error status, an inaccurate or incomplete answer) is
+``SearchStatus.ERROR``: the verdict is UNKNOWN with the solver's reason in the detail. TIMEOUT
+means the time limit was reached: a search reporting it before the deadline (less
+``DEADLINE_SLACK``) is treated as an error too.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ class SearchStatus(enum.Enum):
     FOUND = "found"
     NONE = "none"
     TIMEOUT = "timeout"
+    ERROR = "error"
+    """The solver failed (error status, inaccurate or incomplete answer): nothing is known."""
 
 
 @attrs.frozen(eq=False)
@@ -153,8 +161,19 @@ class SolverConfig:
     seed: int = 0
 
 
+DEADLINE_SLACK = 0.05
+"""Seconds before the deadline from which a solver's stop counts as reaching the time limit
+(solvers round their limits, e.g. z3 to whole milliseconds)."""
+
+
 def _elapsed(start: float) -> float:
     return time.perf_counter() - start
+
+
+def deadline_reached(deadline: float) -> bool:
+    """Whether the time limit ending at ``deadline`` (a ``time.perf_counter`` value) is reached,
+    up to ``DEADLINE_SLACK``."""
+    return time.perf_counter() >= deadline - DEADLINE_SLACK
 
 
 class ExactSolverBase:
@@ -290,27 +309,46 @@ class ExactSolverBase:
         if violation is None:
             return Verdict.CERTIFIED, None, f"proved by the bounds; {stats}"
         tol = self.config.tolerance
-        first = self.search(Query(net, inp, bounds, violation, tol), deadline)
+        first = self._search(Query(net, inp, bounds, violation, tol), deadline)
         if first.status is SearchStatus.NONE:
             return Verdict.CERTIFIED, None, f"{self.name}: no violation; {stats}"
-        if first.status is SearchStatus.TIMEOUT:
-            return Verdict.TIMEOUT, None, f"{self.name}: time limit; {stats}"
+        if first.status in (SearchStatus.TIMEOUT, SearchStatus.ERROR):
+            return self._no_answer(first, stats)
         witness = self._recheck(network, prop, first.witness)
         if witness is not None:
             return Verdict.FALSIFIED, witness, f"{self.name}: violation; {stats}"
-        second = self.search(Query(net, inp, bounds, violation, -tol), deadline)
+        second = self._search(Query(net, inp, bounds, violation, -tol), deadline)
         if second.status is SearchStatus.FOUND:
             witness = self._recheck(network, prop, second.witness)
             if witness is not None:
                 return Verdict.FALSIFIED, witness, f"{self.name}: violation; {stats}"
-        if second.status is SearchStatus.TIMEOUT:
-            return Verdict.TIMEOUT, None, f"{self.name}: time limit; {stats}"
+        if second.status in (SearchStatus.TIMEOUT, SearchStatus.ERROR):
+            return self._no_answer(second, stats)
         return (
             Verdict.UNKNOWN,
             None,
             f"{self.name}: solver error: its candidate witness failed the float64 re-check and "
             f"no violation by more than {tol:g} exists (the margin is within tolerance of 0)",
         )
+
+    def _search(self, query: Query, deadline: float) -> Search:
+        """``search``, with a TIMEOUT reported before the deadline turned into an ERROR."""
+        found = self.search(query, deadline)
+        if found.status is SearchStatus.TIMEOUT and not deadline_reached(deadline):
+            left = deadline - time.perf_counter()
+            reason = f"{found.detail}; " if found.detail else ""
+            return Search(
+                SearchStatus.ERROR,
+                detail=f"{reason}it reported a time limit {left:.3g} s before the deadline",
+            )
+        return found
+
+    def _no_answer(self, found: Search, stats: str) -> tuple[Verdict, None, str]:
+        """The verdict of a TIMEOUT or ERROR search: TIMEOUT, or UNKNOWN with the reason."""
+        reason = f" ({found.detail})" if found.detail else ""
+        if found.status is SearchStatus.TIMEOUT:
+            return Verdict.TIMEOUT, None, f"{self.name}: time limit{reason}; {stats}"
+        return Verdict.UNKNOWN, None, f"{self.name}: solver error{reason}; {stats}"
 
     @staticmethod
     def _recheck(network: Network, prop: Property, flat: FloatArray | None) -> FloatArray | None:

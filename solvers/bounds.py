@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import Any
 
 import attrs
 import numpy as np
@@ -30,6 +31,12 @@ PAD = 1e-9
 
 LP_PAD = 1e-7
 """Outward padding of LP bounds (the LP solver's optimality tolerance, relative + absolute)."""
+
+HIGHS_THREADS = 1
+"""The ``threads`` option of every HiGHS instance verispec creates (``new_highs``). HiGHS runs
+one process-wide task scheduler, started with the thread count of the first instance that
+runs; a later instance asking for a different count fails (``run()`` gives kError, model status
+"Not Set"). Asking the same count everywhere keeps the scheduler consistent."""
 
 
 Row = tuple[NDArray[np.integer], FloatArray, float, float]
@@ -117,6 +124,11 @@ def _polytope_box(A: FloatArray, b: FloatArray) -> tuple[FloatArray, FloatArray]
         e = np.zeros(d)
         e[i] = 1.0
         lo_i, hi_i = lp.minimize(e), -lp.minimize(-e)
+        if lp.failures:
+            raise UnsupportedError(
+                f"the LP bounding the polytope along input {i} failed ({lp.failures[-1]}): "
+                "give the polytope a box"
+            )
         if lo_i == np.inf:  # infeasible: the polytope is empty (an empty box: lo > hi)
             return np.ones(d), np.zeros(d)
         if not (np.isfinite(lo_i) and np.isfinite(hi_i)):
@@ -285,8 +297,40 @@ def _interval_from(
     return out
 
 
+def new_highs() -> Any:
+    """A silent ``highspy.Highs`` with verispec's thread count (``HIGHS_THREADS``)."""
+    import highspy
+
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", HIGHS_THREADS)
+    return h
+
+
+def run_highs(h: Any) -> Any:
+    """``h.run()``, its ``HighsStatus``. When the run fails before solving ("Not Set": HiGHS
+    used outside verispec started the process-wide scheduler with another thread count), the
+    scheduler is restarted once and the run retried."""
+    import highspy
+
+    status = h.run()
+    if (
+        status == highspy.HighsStatus.kError
+        and h.getModelStatus() == highspy.HighsModelStatus.kNotset
+    ):
+        highspy.Highs.resetGlobalScheduler(True)
+        status = h.run()
+    return status
+
+
+def highs_outcome(h: Any, status: Any) -> str:
+    """The run status and model status of a HiGHS run, for a result's detail."""
+    return f"HiGHS run {status.name}, model status {h.modelStatusToString(h.getModelStatus())!r}"
+
+
 class _LP:
-    """A HiGHS LP over fixed constraints whose objective changes between solves."""
+    """A HiGHS LP over fixed constraints whose objective changes between solves. ``failures``
+    records every solve that ended neither optimal, infeasible nor unbounded."""
 
     def __init__(
         self,
@@ -299,8 +343,8 @@ class _LP:
         import highspy
 
         self._highspy = highspy
-        self.h = highspy.Highs()
-        self.h.setOptionValue("output_flag", False)
+        self.h = new_highs()
+        self.failures: list[str] = []
         inf = highspy.kHighsInf
         n = col_lo.size
         self.n = n
@@ -335,19 +379,29 @@ class _LP:
 
     def minimize(self, cost: FloatArray, time_limit: float | None = None) -> float:
         """min cost @ x over the LP (-inf when unbounded; +inf when infeasible); a lower bound
-        padded for the solver's tolerance, -inf when the solve did not finish."""
+        padded for the solver's tolerance. -inf (no bound) whenever the solve did not end
+        optimal, infeasible or unbounded: a failed or interrupted LP never bounds anything
+        (recorded in ``failures`` unless it ran out of time)."""
         hs = self._highspy
         self.h.changeColsCost(self.n, np.arange(self.n, dtype=np.int32), cost)
         if time_limit is not None:
             self.h.setOptionValue("time_limit", max(time_limit, 1e-3))
-        self.h.run()
+        run = run_highs(self.h)
         status = self.h.getModelStatus()
-        if status == hs.HighsModelStatus.kInfeasible:
-            return np.inf
-        if status != hs.HighsModelStatus.kOptimal:
-            return -np.inf
-        value = self.h.getInfo().objective_function_value
-        return float(value - LP_PAD * (1.0 + abs(value) + float(np.abs(cost) @ self.span)))
+        if run != hs.HighsStatus.kError:
+            if status == hs.HighsModelStatus.kInfeasible:
+                return np.inf
+            if status in (
+                hs.HighsModelStatus.kUnbounded,
+                hs.HighsModelStatus.kUnboundedOrInfeasible,
+            ):
+                return -np.inf  # no finite lower bound (or an empty set: any bound holds)
+            if status == hs.HighsModelStatus.kOptimal:
+                value = self.h.getInfo().objective_function_value
+                return float(value - LP_PAD * (1.0 + abs(value) + float(np.abs(cost) @ self.span)))
+        if status != hs.HighsModelStatus.kTimeLimit:
+            self.failures.append(highs_outcome(self.h, run))
+        return -np.inf
 
 
 def _layer_rows(

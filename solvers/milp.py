@@ -12,6 +12,11 @@ Encoding of the lowered network (``lowering.py``) with the bounds of ``bounds.py
 
 The problem is a feasibility problem: the solver stops at the first solution. Tolerances are
 tightened (1e-9) so that integrality slack cannot fake an infeasibility.
+
+Only an infeasible status proves there is no violation and only a time-limit status (HiGHS) or
+a failure at the deadline (SCIP, whose time limit cvxpy reports as a solver error) is a
+timeout; every other status (HiGHS errors, "Not Set", cvxpy's ``infeasible_inaccurate``...)
+is ``SearchStatus.ERROR`` with the status in the detail.
 """
 
 from __future__ import annotations
@@ -21,8 +26,15 @@ import time
 from typing import Any
 
 import numpy as np
-from verispec.solvers.base import ExactSolverBase, Query, Search, SearchStatus, register_solver
-from verispec.solvers.bounds import InputSet
+from verispec.solvers.base import (
+    ExactSolverBase,
+    Query,
+    Search,
+    SearchStatus,
+    deadline_reached,
+    register_solver,
+)
+from verispec.solvers.bounds import HIGHS_THREADS, InputSet, highs_outcome, new_highs, run_highs
 
 from verispec.errors import ExtraNotInstalledError
 
@@ -193,31 +205,35 @@ def encode_highs(query: Query) -> tuple[Any, int]:
 
 def search_highs(query: Query, deadline: float) -> Search:
     """Solve the MILP of ``query`` with HiGHS directly (box / l_inf / polytope regions)."""
-    import highspy
-
     lp, n_in = encode_highs(query)
     left = deadline - time.perf_counter()
     if left <= 0:
         return Search(SearchStatus.TIMEOUT, detail="time limit before the MILP")
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("threads", 1)
+    h = new_highs()
     h.setOptionValue("time_limit", max(left, 0.01))
     h.setOptionValue("mip_feasibility_tolerance", TIGHT)
     h.setOptionValue("primal_feasibility_tolerance", TIGHT)
     h.passModel(lp)
-    h.run()
+    run = run_highs(h)
+    return highs_search(h, run, n_in)
+
+
+def highs_search(h: Any, run: Any, n_in: int) -> Search:
+    """The search outcome of a finished HiGHS MILP run (``run`` its ``HighsStatus``)."""
+    import highspy
+
+    ms = highspy.HighsModelStatus
     status = h.getModelStatus()
-    if status == highspy.HighsModelStatus.kInfeasible:
-        return Search(SearchStatus.NONE)
-    sol = h.getSolution()
-    if sol.value_valid and status in (
-        highspy.HighsModelStatus.kOptimal,
-        highspy.HighsModelStatus.kTimeLimit,
-        highspy.HighsModelStatus.kSolutionLimit,
-    ):
-        return Search(SearchStatus.FOUND, np.asarray(sol.col_value[:n_in], dtype=np.float64))
-    return Search(SearchStatus.TIMEOUT, detail=f"HiGHS status {h.modelStatusToString(status)}")
+    outcome = highs_outcome(h, run)
+    if run != highspy.HighsStatus.kError:
+        if status == ms.kInfeasible:
+            return Search(SearchStatus.NONE)
+        sol = h.getSolution()
+        if sol.value_valid and status in (ms.kOptimal, ms.kTimeLimit, ms.kSolutionLimit):
+            return Search(SearchStatus.FOUND, np.asarray(sol.col_value[:n_in], dtype=np.float64))
+        if status == ms.kTimeLimit:
+            return Search(SearchStatus.TIMEOUT, detail=outcome)
+    return Search(SearchStatus.ERROR, detail=outcome)
 
 
 @register_solver("milp")
@@ -260,17 +276,33 @@ class MilpSolver(ExactSolverBase):
                 problem.solve(
                     solver=cp.HIGHS,
                     time_limit=max(left, 0.01),
+                    threads=HIGHS_THREADS,
                     mip_feasibility_tolerance=TIGHT,
                     primal_feasibility_tolerance=TIGHT,
                 )
         except cp.error.SolverError as err:
-            return Search(SearchStatus.TIMEOUT, detail=f"MILP solver failed: {err}")
-        if problem.status == cp.INFEASIBLE:
-            return Search(SearchStatus.NONE)
-        if x.value is not None and problem.status in (
-            cp.OPTIMAL,
-            cp.OPTIMAL_INACCURATE,
-            cp.USER_LIMIT,
-        ):
-            return Search(SearchStatus.FOUND, np.asarray(x.value, dtype=np.float64))
-        return Search(SearchStatus.TIMEOUT, detail=f"MILP status {problem.status}")
+            return cvxpy_failure(err, deadline)
+        return cvxpy_search(problem.status, x.value, deadline)
+
+
+def cvxpy_failure(err: Exception, deadline: float) -> Search:
+    """A cvxpy solver error: a timeout when the deadline is reached (cvxpy reports SCIP's time
+    limit without a solution as a solver error), otherwise an error."""
+    if deadline_reached(deadline):
+        return Search(SearchStatus.TIMEOUT, detail=f"MILP solver stopped: {err}")
+    return Search(SearchStatus.ERROR, detail=f"MILP solver failed: {err}")
+
+
+def cvxpy_search(status: str, value: Any, deadline: float) -> Search:
+    """The search outcome of a cvxpy problem's ``status`` and its input's ``value``:
+    ``infeasible`` proves there is none, a solution is a candidate, a limit without one is a
+    timeout at the deadline; anything else (``infeasible_inaccurate``, ``unbounded``, a limit
+    before the deadline...) is an error."""
+    cp = _cvxpy()
+    if status == cp.INFEASIBLE:
+        return Search(SearchStatus.NONE)
+    if value is not None and status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE, cp.USER_LIMIT):
+        return Search(SearchStatus.FOUND, np.asarray(value, dtype=np.float64))
+    if status == cp.USER_LIMIT and deadline_reached(deadline):
+        return Search(SearchStatus.TIMEOUT, detail=f"MILP status {status}")
+    return Search(SearchStatus.ERROR, detail=f"MILP status {status}")

@@ -5,6 +5,10 @@ the bounds fix are replaced by their linear piece (or 0); an unstable one is
 ``h >= 0, h >= z, (h = 0 or h = z)`` (much faster in z3 than an if-then-else term). An l2 ball
 is the polynomial constraint sum (x_i - c_i)^2 <= eps^2 (nonlinear real arithmetic). The model
 z3 returns is exact; it is rounded to float64 and re-checked by the shared procedure.
+
+``unknown`` is a timeout only when z3 gives the time limit as its reason ("timeout", or
+"canceled" at the deadline); any other reason (incomplete nonlinear arithmetic, a resource
+limit, an exception) is ``SearchStatus.ERROR`` with z3's ``reason_unknown()`` in the detail.
 """
 
 from __future__ import annotations
@@ -14,7 +18,14 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
-from verispec.solvers.base import ExactSolverBase, Query, Search, SearchStatus, register_solver
+from verispec.solvers.base import (
+    ExactSolverBase,
+    Query,
+    Search,
+    SearchStatus,
+    deadline_reached,
+    register_solver,
+)
 from verispec.solvers.bounds import InputSet
 
 from verispec.errors import ExtraNotInstalledError
@@ -113,11 +124,26 @@ class SmtSolver(ExactSolverBase):
         if left <= 0:
             return Search(SearchStatus.TIMEOUT, detail="time limit before z3")
         solver.set("timeout", max(1, int(left * 1000)))
-        status = solver.check()
+        try:
+            status = solver.check()
+        except z3.Z3Exception as err:
+            return Search(SearchStatus.ERROR, detail=f"z3 failed: {err}")
         if status == z3.unsat:
             return Search(SearchStatus.NONE)
         if status == z3.sat:
             model = solver.model()
             values = [model.eval(xi, model_completion=True) for xi in x]
             return Search(SearchStatus.FOUND, np.array([_to_float(z3, v) for v in values]))
-        return Search(SearchStatus.TIMEOUT, detail=f"z3: {solver.reason_unknown()}")
+        return unknown_search(solver.reason_unknown(), deadline)
+
+
+TIME_REASONS = frozenset({"timeout", "canceled"})
+"""``reason_unknown()`` values z3 gives when it stops at its time limit."""
+
+
+def unknown_search(reason: str, deadline: float) -> Search:
+    """The search outcome of z3 answering ``unknown`` for ``reason``: TIMEOUT when it stopped
+    for time and the deadline is reached, otherwise ERROR."""
+    if reason in TIME_REASONS and deadline_reached(deadline):
+        return Search(SearchStatus.TIMEOUT, detail=f"z3: {reason}")
+    return Search(SearchStatus.ERROR, detail=f"z3 unknown: {reason}")

@@ -1,6 +1,6 @@
 """The shared decision procedure: strict margins (a reachable tie is never certified), empty
-regions and predicates, timeouts, goals with several alternatives, witness re-checks and the
-solver registry."""
+regions and predicates, timeouts, goals with several alternatives, witness re-checks, solver
+errors (UNKNOWN, never TIMEOUT) and the solver registry."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from verispec.solvers.base import (
+    DEADLINE_SLACK,
     SOLVERS,
     ExactSolverBase,
     Query,
     Search,
     SearchStatus,
     SolverConfig,
+    deadline_reached,
     register_solver,
     solver_class,
 )
@@ -405,9 +407,73 @@ def test_a_witness_a_last_digit_outside_the_region_is_pulled_in():
     assert prop.region.contains(res.counterexample, tol=0.0)
 
 
-@pytest.mark.parametrize("status", [SearchStatus.NONE, SearchStatus.TIMEOUT])
-def test_search_outcomes_map_to_verdicts(status):
-    net = _identity()
-    res = _Scripted([Search(status)]).solve(net, _box_prop())
-    assert res.verdict is {SearchStatus.NONE: Verdict.CERTIFIED}.get(status, Verdict.TIMEOUT)
+def test_no_violation_certifies():
+    res = _Scripted([Search(SearchStatus.NONE)]).solve(_identity(), _box_prop())
+    assert res.verdict is Verdict.CERTIFIED, res
     assert res.engine == "scripted"
+
+
+# -- solver errors and time limits --------------------------------------------------------------
+
+
+class _Late(_Scripted):
+    """A scripted back-end that answers only once the deadline is reached (a real time limit)."""
+
+    def search(self, query: Query, deadline: float) -> Search:
+        while not deadline_reached(deadline):
+            time.sleep(0.01)
+        return super().search(query, deadline)
+
+
+SPLIT = SolverConfig(falsify=False)  # the input box is split, its leaves searched
+
+
+@pytest.mark.parametrize("config", [EXACT, SPLIT], ids=["exact-only", "split"])
+def test_a_solver_error_is_unknown_with_its_reason(config):
+    """Regression (issue 12, bug 5): a back-end failure used to read as a timeout."""
+    net, prop = _hard()  # holds, and neither the bounds nor the splitting alone prove it
+    error = Search(SearchStatus.ERROR, detail="HiGHS run kError, model status 'Not Set'")
+    solver = _Scripted([error], config)
+    res = solver.solve(net, prop, 60.0)
+    assert solver.margins, "the search was never asked"
+    assert res.verdict is Verdict.UNKNOWN, res
+    assert "solver error" in res.detail and "'Not Set'" in res.detail, res.detail
+
+
+def test_a_solver_error_after_a_bad_witness_is_unknown_with_its_reason():
+    error = Search(SearchStatus.ERROR, detail="z3 unknown: incomplete")
+    solver = _Scripted([_found(0.9, 0.1), error])
+    res = solver.solve(_identity(), _box_prop(), 60.0)
+    assert res.verdict is Verdict.UNKNOWN, res
+    assert "z3 unknown: incomplete" in res.detail
+    assert solver.margins == [EXACT.tolerance, -EXACT.tolerance]
+
+
+def test_a_timeout_reported_before_the_deadline_is_unknown():
+    """A back-end that claims a time limit with most of the budget left has failed."""
+    early = Search(SearchStatus.TIMEOUT, detail="status 7")
+    res = _Scripted([early]).solve(_identity(), _box_prop(), 60.0)
+    assert res.verdict is Verdict.UNKNOWN, res
+    assert "status 7" in res.detail and "before the deadline" in res.detail, res.detail
+
+
+@pytest.mark.parametrize("config", [EXACT, SPLIT], ids=["exact-only", "split"])
+def test_a_timeout_at_the_deadline_is_timeout(config):
+    net, prop = _hard()
+    res = _Late([Search(SearchStatus.TIMEOUT, detail="limit")], config).solve(net, prop, 0.5)
+    assert res.verdict is Verdict.TIMEOUT, res
+    assert "limit" in res.detail
+
+
+def test_a_goal_whose_alternatives_fail_is_unknown_not_timeout():
+    errors = [Search(SearchStatus.ERROR, detail=f"failure {i}") for i in range(2)]
+    res = _Scripted(errors).solve_goal(_identity(), Goal((_box_prop(), _box_prop())), 60.0)
+    assert res.verdict is Verdict.UNKNOWN, res
+    assert "failure 0" in res.detail and "failure 1" in res.detail
+
+
+def test_deadline_reached_allows_only_the_slack():
+    now = time.perf_counter()
+    assert deadline_reached(now)
+    assert deadline_reached(now + DEADLINE_SLACK / 2)
+    assert not deadline_reached(now + 10.0)

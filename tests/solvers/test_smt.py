@@ -1,22 +1,25 @@
 """The z3 back-end: exact rational encoding, and agreement with the MILP on generated small
-networks for every region and spec kind (the issue's acceptance test)."""
+networks for every region and spec kind (the issue's acceptance test), and z3's ``unknown``
+(UNKNOWN with its reason unless it is the time limit)."""
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 
 import numpy as np
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from verispec.solvers.base import Query, SolverConfig
+from verispec.solvers.base import Query, SearchStatus, SolverConfig
 from verispec.solvers.bounds import BoundMethod, InputSet, compute_bounds
 from verispec.solvers.lowering import lower
 from verispec.solvers.milp import MilpSolver
-from verispec.solvers.smt import SmtSolver, _q, _to_float, encode
+from verispec.solvers.smt import SmtSolver, _q, _to_float, encode, unknown_search
 
 from tests.solvers.cases import any_goals, ordering_goals, point_goals
 from tests.solvers.helpers import assert_confirmed
+from tests.solvers.test_base import _hard
 from verispec.network import Dense, Network, ReLU
 from verispec.properties import Property
 from verispec.regions import Ball, Box, Norm, Polytope
@@ -161,3 +164,74 @@ def test_vnncomp_test_instances(onnx_name, expected, config):
     res = SmtSolver(config).solve(net, prop)
     assert res.verdict is expected, res
     assert_confirmed(net, prop, res)
+
+
+# -- unknown, errors and time limits (issue 12, bug 5) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reason, past, expected",
+    [
+        ("timeout", True, SearchStatus.TIMEOUT),
+        ("canceled", True, SearchStatus.TIMEOUT),
+        ("timeout", False, SearchStatus.ERROR),
+        ("(incomplete (theory arithmetic))", True, SearchStatus.ERROR),
+        ("(incomplete (theory arithmetic))", False, SearchStatus.ERROR),
+        ("max. resource limit exceeded", False, SearchStatus.ERROR),
+    ],
+)
+def test_z3_unknown_reasons_map_to_search_outcomes(reason, past, expected):
+    deadline = time.perf_counter() + (-1.0 if past else 60.0)
+    found = unknown_search(reason, deadline)
+    assert found.status is expected, found
+    assert reason in found.detail
+
+
+def _unknown(reason: str):
+    def check(self, *args):
+        return z3.unknown
+
+    def reason_unknown(self):
+        return reason
+
+    return check, reason_unknown
+
+
+def test_z3_unknown_with_a_reason_is_unknown_not_timeout(monkeypatch):
+    check, reason_unknown = _unknown("smt tactic failed (incomplete (theory nonlinear arithmetic))")
+    monkeypatch.setattr(z3.Solver, "check", check)
+    monkeypatch.setattr(z3.Solver, "reason_unknown", reason_unknown)
+    net, prop = _hard()
+    res = SmtSolver(EXACT).solve(net, prop, 60.0)
+    assert res.verdict is Verdict.UNKNOWN, res
+    assert "solver error" in res.detail
+    assert "incomplete (theory nonlinear arithmetic)" in res.detail, res.detail
+
+
+def test_a_z3_exception_is_unknown_with_its_message(monkeypatch):
+    def check(self, *args):
+        raise z3.Z3Exception("out of memory")
+
+    monkeypatch.setattr(z3.Solver, "check", check)
+    net, prop = _hard()
+    res = SmtSolver(EXACT).solve(net, prop, 60.0)
+    assert res.verdict is Verdict.UNKNOWN, res
+    assert "out of memory" in res.detail
+
+
+def test_z3_claiming_a_timeout_early_is_unknown(monkeypatch):
+    """z3's "timeout" with most of the budget left is not the time limit."""
+    check, reason_unknown = _unknown("timeout")
+    monkeypatch.setattr(z3.Solver, "check", check)
+    monkeypatch.setattr(z3.Solver, "reason_unknown", reason_unknown)
+    net, prop = _hard()
+    res = SmtSolver(EXACT).solve(net, prop, 60.0)
+    assert res.verdict is Verdict.UNKNOWN, res
+
+
+def test_a_real_z3_time_limit_is_timeout():
+    """z3 does not decide ``_hard`` within a minute: a 1 s budget runs into its time limit."""
+    net, prop = _hard()
+    res = SmtSolver(EXACT).solve(net, prop, 1.0)
+    assert res.verdict is Verdict.TIMEOUT, res
+    assert "z3" in res.detail
