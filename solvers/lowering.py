@@ -7,11 +7,16 @@ partial ReLU layers.
     h_k = where(relu_k, max(z_k, 0), z_k)             for k < L  (a mask: pass-through neurons)
     f(x) = z_L
 
-Every supported layer lowers *exactly* (no relaxation):
+Every layer lowers through its rule in ``LOWERING`` (one per IR layer type; a type without a
+rule raises), exactly and on the IR's float64 values (no relaxation, no float32 module):
 
-- Dense, Conv2d, AvgPool2d, Normalize and Flatten are linear and fold into the surrounding
-  affine map (convolutions and pooling become dense matrices, which is meant for the small
-  inputs the exact solvers handle);
+- Dense, Conv2d, AvgPool2d, Normalize, BatchNorm and Flatten are linear and fold into the
+  surrounding affine map (convolutions and pooling become dense matrices, which is meant for
+  the small inputs the exact solvers handle). A single layer's matrix is exact, except the
+  reciprocals 1 / std (Normalize) and 1 / (kh kw) (AvgPool2d), rounded to nearest once.
+  Composing consecutive linear layers is float64 arithmetic (relative error <= gamma_n per
+  coefficient, n the inner dimension); the solvers' certification margin (their tolerance)
+  must dominate it;
 - ReLU starts a new layer with every neuron masked;
 - MinMax / GroupSort sorts through compare-swap rounds (odd-even transposition sort, k rounds
   for groups of k). A compare-swap of (a, b) is (min, max) = (a - r, b + r) with
@@ -21,27 +26,32 @@ Every supported layer lowers *exactly* (no relaxation):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from verispec.errors import UnsupportedError
-from verispec.network import (
+from verispec.ir import (
     AvgPool2d,
+    BatchNorm,
     Conv2d,
     Dense,
     Flatten,
     GroupSort,
     Layer,
-    Network,
     Normalize,
     ReLU,
     Shape,
+    channel_vector,
 )
+from verispec.network import Network
 from verispec.regions import FloatArray, frozen_array
+from verispec.rules import RuleTable
 
 MAX_DENSE_ENTRIES = 20_000_000
 """Largest dense matrix a lowered convolution may become (160 MB in float64)."""
@@ -134,6 +144,11 @@ class _Builder:
         self.A = M @ self.A
         self.c = M @ self.c + shift
 
+    def diagonal(self, scale: FloatArray, shift: FloatArray) -> None:
+        """Compose the current values v with v -> scale * v + shift (elementwise)."""
+        self.A = scale[:, None] * self.A
+        self.c = scale * self.c + shift
+
     def activation(self, mask: NDArray[np.bool_]) -> None:
         """Emit the current affine map as a layer followed by ReLU on ``mask``."""
         self.weights.append(self.A)
@@ -163,21 +178,49 @@ class _Builder:
         return PiecewiseLinearNet([*self.weights, self.A], [*self.biases, self.c], self.relu)
 
 
-def _torch_linear_map(layer: Layer, shape: Shape) -> tuple[FloatArray, FloatArray]:
-    """Dense matrix and shift of a linear layer acting on flattened inputs of ``shape``."""
+def _conv_matrix(layer: Conv2d, shape: Shape) -> tuple[FloatArray, FloatArray]:
+    """Dense matrix and shift of a convolution on flattened inputs of ``shape``. The matrix is
+    the float64 convolution (no bias) of the identity basis: every entry is one kernel weight
+    times 1.0 or an exact zero, so it is exact; the shift is the bias per output position."""
     n_in = int(np.prod(shape))
-    module = layer.to_torch().to(torch.float64).eval()
+    out_shape = layer.output_shape(shape)
+    n_out = int(np.prod(out_shape))
+    _check_size(layer, shape, n_in, n_out)
+    kernel = torch.from_numpy(np.array(layer.weight, dtype=np.float64))
     with torch.no_grad():
-        shift = module(torch.zeros((1, *shape), dtype=torch.float64)).reshape(-1)
-        n_out = int(shift.numel())
-        if n_in * n_out > MAX_DENSE_ENTRIES:
-            raise UnsupportedError(
-                f"{layer.kind} on input {shape} lowers to a {n_out}x{n_in} matrix: too large for "
-                "the exact solvers (use a fast engine, or a smaller network)"
-            )
-        cols = module(torch.eye(n_in, dtype=torch.float64).reshape((n_in, *shape)))
-        M = (cols.reshape(n_in, n_out) - shift).T
-    return np.asarray(M.numpy()), np.asarray(shift.numpy())
+        basis = torch.eye(n_in, dtype=torch.float64).reshape((n_in, *shape))
+        cols = F.conv2d(basis, kernel, None, layer.stride, layer.padding)
+    M = np.ascontiguousarray(cols.reshape(n_in, n_out).numpy().T)
+    shift = np.repeat(np.asarray(layer.bias, dtype=np.float64), n_out // out_shape[0])
+    return M, shift
+
+
+def _pool_matrix(layer: AvgPool2d, shape: Shape) -> tuple[FloatArray, FloatArray]:
+    """Average pooling as a matrix with entries 1 / (kh kw) (rounded to nearest once when
+    kh kw is not a power of two: relative error <= 2**-53 per coefficient)."""
+    c = shape[0]
+    out_shape = layer.output_shape(shape)
+    n_in, n_out = int(np.prod(shape)), int(np.prod(out_shape))
+    _check_size(layer, shape, n_in, n_out)
+    kh, kw = layer.kernel
+    sh, sw = layer.stride
+    M = np.zeros((n_out, n_in))
+    weight = 1.0 / (kh * kw)
+    index_in = np.arange(n_in).reshape(shape)
+    index_out = np.arange(n_out).reshape(out_shape)
+    for i in range(out_shape[1]):
+        for j in range(out_shape[2]):
+            window = index_in[:, i * sh : i * sh + kh, j * sw : j * sw + kw].reshape(c, -1)
+            M[index_out[:, i, j][:, None], window] = weight
+    return M, np.zeros(n_out)
+
+
+def _check_size(layer: Layer, shape: Shape, n_in: int, n_out: int) -> None:
+    if n_in * n_out > MAX_DENSE_ENTRIES:
+        raise UnsupportedError(
+            f"{layer.kind} on input {shape} lowers to a {n_out}x{n_in} matrix: too large for "
+            "the exact solvers (use a fast engine, or a smaller network)"
+        )
 
 
 def _sort_rounds(groups: NDArray[np.int64]) -> list[NDArray[np.int64]]:
@@ -201,21 +244,60 @@ def _groups(shape: Shape, group_size: int) -> NDArray[np.int64]:
     return grouped.transpose(0, 2, 1).reshape(-1, group_size)
 
 
+LowerRule = Callable[[Any, Any, Shape], None]
+"""(builder, layer of the registered type, input shape) -> None: appends the layer's exact map."""
+
+LOWERING: RuleTable[LowerRule] = RuleTable("the exact lowering")
+
+
+@LOWERING.register(ReLU)
+def _relu(b: _Builder, layer: ReLU, shape: Shape) -> None:
+    b.activation(np.ones(b.A.shape[0], bool))
+
+
+@LOWERING.register(GroupSort)
+def _groupsort(b: _Builder, layer: GroupSort, shape: Shape) -> None:
+    for pairs in _sort_rounds(_groups(shape, layer.group_size)):
+        b.compare_swap(pairs)
+
+
+@LOWERING.register(Flatten)
+def _flatten(b: _Builder, layer: Flatten, shape: Shape) -> None:
+    """The IR flattens in C order, which is the order of the lowered values: the identity."""
+
+
+@LOWERING.register(Dense)
+def _dense(b: _Builder, layer: Dense, shape: Shape) -> None:
+    b.linear(np.asarray(layer.weight), np.asarray(layer.bias))
+
+
+@LOWERING.register(Conv2d)
+def _conv(b: _Builder, layer: Conv2d, shape: Shape) -> None:
+    b.linear(*_conv_matrix(layer, shape))
+
+
+@LOWERING.register(AvgPool2d)
+def _pool(b: _Builder, layer: AvgPool2d, shape: Shape) -> None:
+    b.linear(*_pool_matrix(layer, shape))
+
+
+@LOWERING.register(Normalize)
+def _normalize(b: _Builder, layer: Normalize, shape: Shape) -> None:
+    """(x - mean) / std as x * (1 / std) - mean / std (1 / std rounded to nearest once)."""
+    inv = 1.0 / channel_vector(layer.std, shape).ravel()
+    b.diagonal(inv, -channel_vector(layer.mean, shape).ravel() * inv)
+
+
+@LOWERING.register(BatchNorm)
+def _batchnorm(b: _Builder, layer: BatchNorm, shape: Shape) -> None:
+    b.diagonal(
+        channel_vector(layer.scale, shape).ravel(), channel_vector(layer.shift, shape).ravel()
+    )
+
+
 def lower(network: Network) -> PiecewiseLinearNet:
-    """The exact piecewise-linear normal form of ``network``."""
+    """The exact piecewise-linear normal form of ``network`` (see the module docstring)."""
     builder = _Builder(network.input_size)
-    for layer, shape in zip(network.layers, network.shapes, strict=False):
-        if isinstance(layer, ReLU):
-            builder.activation(np.ones(builder.A.shape[0], bool))
-        elif isinstance(layer, GroupSort):
-            for pairs in _sort_rounds(_groups(shape, layer.group_size)):
-                builder.compare_swap(pairs)
-        elif isinstance(layer, Flatten):
-            continue
-        elif isinstance(layer, Dense):
-            builder.linear(np.asarray(layer.weight), np.asarray(layer.bias))
-        elif isinstance(layer, Conv2d | AvgPool2d | Normalize):
-            builder.linear(*_torch_linear_map(layer, shape))
-        else:  # pragma: no cover - the IR is a closed set
-            raise UnsupportedError(f"the exact solvers cannot lower layer {layer.kind}")
+    for i, (layer, shape) in enumerate(zip(network.layers, network.shapes, strict=False)):
+        LOWERING.rule(layer, str(i))(builder, layer, shape)
     return builder.finish()

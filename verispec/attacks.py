@@ -1,7 +1,8 @@
 """Falsification by sampling and projected gradient descent (PGD) inside a region.
 
 Both search for x in the property's region whose float64 logits violate the predicate (make
-its slack <= 0) and return only witnesses confirmed by ``Property.is_counterexample``. They are
+its slack <= 0) and return only witnesses confirmed by ``Property.confirm`` (moved into the closed
+region, checked exactly, and re-evaluated in float64 on the exact weights). They are
 incomplete: finding nothing proves nothing. Randomness comes from the generator passed in.
 """
 
@@ -62,8 +63,9 @@ def first_counterexample(
     y = network.forward64(candidates)
     bad = np.flatnonzero(~prop.predicate.holds(y))
     for i in bad:
-        if prop.is_counterexample(candidates[i], y[i]):
-            return np.asarray(candidates[i])
+        witness = prop.confirm(network, candidates[i])
+        if witness is not None:
+            return witness
     return None
 
 

@@ -1,5 +1,5 @@
 """Torch modules verispec adds to the standard ones: GroupSort / MinMax and per-channel affine
-normalisation. The network IR (``network.py``) understands these and the standard layers."""
+maps. The network IR (``network.py``) understands these and the standard layers."""
 
 from __future__ import annotations
 
@@ -50,8 +50,7 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
-        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+        mean, std = _floating(mean), _floating(std)
         if mean.shape != std.shape:
             raise ValueError("Normalize: mean and std must have the same length")
         if not bool(torch.all(std != 0)):
@@ -62,3 +61,31 @@ class Normalize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return (x - self.mean.reshape(shape)) / self.std.reshape(shape)
+
+
+class ChannelAffine(nn.Module):
+    """x * scale + shift per channel (dim 1): batch normalisation in evaluation mode."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        scale, shift = _floating(scale), _floating(shift)
+        if scale.shape != shift.shape:
+            raise ValueError("ChannelAffine: scale and shift must have the same length")
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.scale.reshape(shape) + self.shift.reshape(shape)
+
+
+def _floating(value: torch.Tensor) -> torch.Tensor:
+    """A flat tensor keeping a floating dtype (float64 stays float64: no silent rounding);
+    other inputs become float32."""
+    t = torch.as_tensor(value)
+    if not t.is_floating_point():
+        t = t.to(torch.float32)
+    return t.flatten()

@@ -14,27 +14,139 @@ from __future__ import annotations
 import json
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import torch
 
 from verispec.errors import ModelFileError, UnsupportedLayerError
-from verispec.network import LAYER_TYPES, Conv2d, Layer, Network
+from verispec.ir import (
+    LAYER_TYPES,
+    AvgPool2d,
+    BatchNorm,
+    Conv2d,
+    Dense,
+    Flatten,
+    GroupSort,
+    Layer,
+    Normalize,
+    ReLU,
+)
+from verispec.network import Network
+from verispec.regions import FloatArray
+from verispec.rules import RuleTable
 
 FORMAT = "verispec-model"
 VERSION = 1
+
+
+@attrs.frozen
+class Codec:
+    """How one IR layer type is written to and read from a model file: ``save`` gives its JSON
+    config and named float64 arrays; ``load`` rebuilds it from a config and a tensor getter
+    ``tensor(name, shape) -> array`` (the getter checks shapes and finiteness)."""
+
+    save: Callable[[Any], tuple[dict[str, Any], dict[str, FloatArray]]]
+    load: Callable[[dict[str, Any], TensorGetter], Layer]
+
+
+TensorGetter = Callable[[str, tuple[int, ...]], FloatArray]
+CODECS: RuleTable[Codec] = RuleTable("the model-file format")
+
+
+def _no_arrays(config: Callable[[Any], dict[str, Any]]) -> Callable[[Any], Any]:
+    return lambda layer: (config(layer), {})
+
+
+CODECS.register(Dense)(
+    Codec(
+        save=lambda layer: (
+            {"in": int(layer.weight.shape[1]), "out": int(layer.weight.shape[0])},
+            {"weight": layer.weight, "bias": layer.bias},
+        ),
+        load=lambda c, t: Dense(t("weight", (c["out"], c["in"])), t("bias", (c["out"],))),
+    )
+)
+CODECS.register(Conv2d)(
+    Codec(
+        save=lambda layer: (
+            {
+                "in": int(layer.weight.shape[1]),
+                "out": int(layer.weight.shape[0]),
+                "kernel": [int(k) for k in layer.weight.shape[2:]],
+                "stride": list(layer.stride),
+                "padding": list(layer.padding),
+            },
+            {"weight": layer.weight, "bias": layer.bias},
+        ),
+        load=lambda c, t: Conv2d(
+            t("weight", (c["out"], c["in"], *c["kernel"])),
+            t("bias", (c["out"],)),
+            _int_pair(c["stride"], "stride"),
+            _int_pair(c["padding"], "padding"),
+        ),
+    )
+)
+CODECS.register(Normalize)(
+    Codec(
+        save=lambda layer: (
+            {"channels": int(layer.mean.size)},
+            {"mean": layer.mean, "std": layer.std},
+        ),
+        load=lambda c, t: Normalize(t("mean", (c["channels"],)), t("std", (c["channels"],))),
+    )
+)
+CODECS.register(BatchNorm)(
+    Codec(
+        save=lambda layer: (
+            {"channels": int(layer.scale.size)},
+            {"scale": layer.scale, "shift": layer.shift},
+        ),
+        load=lambda c, t: BatchNorm(t("scale", (c["channels"],)), t("shift", (c["channels"],))),
+    )
+)
+CODECS.register(ReLU)(Codec(save=_no_arrays(lambda layer: {}), load=lambda c, t: ReLU()))
+CODECS.register(Flatten)(Codec(save=_no_arrays(lambda layer: {}), load=lambda c, t: Flatten()))
+CODECS.register(GroupSort)(
+    Codec(
+        save=_no_arrays(lambda layer: {"group_size": layer.group_size}),
+        load=lambda c, t: GroupSort(_int(c["group_size"], "group_size")),
+    )
+)
+CODECS.register(AvgPool2d)(
+    Codec(
+        save=_no_arrays(lambda layer: {"kernel": list(layer.kernel), "stride": list(layer.stride)}),
+        load=lambda c, t: AvgPool2d(
+            _int_pair(c["kernel"], "kernel"), _int_pair(c["stride"], "stride")
+        ),
+    )
+)
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key!r} must be an integer, got {value!r}")
+    return value
+
+
+def _int_pair(value: Any, key: str) -> tuple[int, int]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValueError(f"{key!r} must be a list of two integers, got {value!r}")
+    return (_int(value[0], key), _int(value[1], key))
 
 
 def save_model(network: Network, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
     """Write ``network`` (and JSON-serialisable ``metadata``) to ``path``."""
     layers, tensors = [], {}
     for i, layer in enumerate(network.layers):
-        layers.append({"kind": layer.kind, **layer.config()})
-        for name, arr in layer.arrays().items():
+        config, arrays = CODECS.rule(layer, str(i)).save(layer)
+        layers.append({"kind": layer.kind, **config})
+        for name, arr in arrays.items():
             tensors[f"{i}.{name}"] = torch.from_numpy(np.array(arr, dtype=np.float64))
-    config = {
+    config_all = {
         "input_shape": list(network.input_shape),
         "layers": layers,
         "metadata": metadata or {},
@@ -42,7 +154,7 @@ def save_model(network: Network, path: str | Path, metadata: dict[str, Any] | No
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "config": json.dumps(config),
+        "config": json.dumps(config_all),
         "tensors": tensors,
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +183,7 @@ def load_model(path: str | Path) -> tuple[Network, dict[str, Any]]:
         tensors = payload["tensors"]
         layers = [_layer(spec, i, tensors) for i, spec in enumerate(config["layers"])]
         network = Network(tuple(layers), tuple(config["input_shape"]))
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as err:
         raise ModelFileError(
             f"{path}: corrupt model config ({type(err).__name__}: {err})"
         ) from None
@@ -83,7 +195,12 @@ def load_model(path: str | Path) -> tuple[Network, dict[str, Any]]:
 def _tensor(tensors: dict[str, Any], key: str, shape: tuple[int, ...]) -> np.ndarray:
     if key not in tensors:
         raise KeyError(f"missing tensor {key!r}")
-    arr = np.asarray(tensors[key].to(torch.float64).numpy())
+    value = tensors[key]
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise ValueError(
+            f"tensor {key!r} must be a floating-point tensor, got {type(value).__name__}"
+        )
+    arr = np.asarray(value.to(torch.float64).numpy())
     if arr.shape != shape:
         raise ValueError(f"tensor {key!r} has shape {arr.shape}, config says {shape}")
     if not np.all(np.isfinite(arr)):
@@ -92,23 +209,10 @@ def _tensor(tensors: dict[str, Any], key: str, shape: tuple[int, ...]) -> np.nda
 
 
 def _layer(spec: dict[str, Any], i: int, tensors: dict[str, Any]) -> Layer:
-    kind = spec.get("kind")
+    kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind not in LAYER_TYPES:
         raise UnsupportedLayerError(
             f"layer {i} has unknown kind {kind!r}; known: {', '.join(sorted(LAYER_TYPES))}"
         )
-    t = lambda name, shape: _tensor(tensors, f"{i}.{name}", tuple(shape))  # noqa: E731
-    if kind == "dense":
-        return LAYER_TYPES[kind](t("weight", (spec["out"], spec["in"])), t("bias", (spec["out"],)))
-    if kind == "conv2d":
-        shape = (spec["out"], spec["in"], *spec["kernel"])
-        return Conv2d(
-            t("weight", shape),
-            t("bias", (spec["out"],)),
-            tuple(spec["stride"]),
-            tuple(spec["padding"]),
-        )
-    if kind == "normalize":
-        return LAYER_TYPES[kind](t("mean", (spec["channels"],)), t("std", (spec["channels"],)))
-    params = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k != "kind"}
-    return LAYER_TYPES[kind](**params)
+    codec = CODECS.for_type(LAYER_TYPES[kind], str(i))
+    return codec.load(spec, lambda name, shape: _tensor(tensors, f"{i}.{name}", tuple(shape)))

@@ -1,15 +1,17 @@
-"""The network IR: an ordered tuple of typed layers with float64 weights.
+"""The network IR: an ordered tuple of typed layers (``verispec.ir``) with float64 weights.
 
 Build one from a ``torch.nn.Sequential`` (nested Sequentials allowed) with
-``Network.from_torch(module, input_shape)``; run it with ``Network.module(dtype, device)``
-(a fresh torch module) or ``Network.forward64`` (a float64 numpy forward pass, the reference
-every counterexample is checked with). Unknown layers raise ``UnsupportedLayerError``.
+``Network.from_torch(module, input_shape)`` (the torch-import rule table ``TORCH_IMPORT``, keyed
+by torch module type); run it with ``Network.module(dtype, device)`` (a fresh torch module,
+``verispec.torch_forward``) or ``Network.forward64`` (a float64 pass on the unrounded IR
+weights, the reference every counterexample is checked with). Unknown layers raise
+``UnsupportedLayerError``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import attrs
@@ -19,228 +21,47 @@ from torch import nn
 
 from verispec import layers as vl
 from verispec.errors import UnsupportedLayerError
-from verispec.regions import FloatArray, frozen_array
+from verispec.ir import (
+    LAYER_TYPES,
+    AvgPool2d,
+    BatchNorm,
+    Conv2d,
+    Dense,
+    Flatten,
+    GroupSort,
+    Layer,
+    Normalize,
+    ReLU,
+    Shape,
+    fields,
+    pair,
+)
+from verispec.regions import FloatArray
+from verispec.rules import RuleTable
+from verispec.torch_forward import layer_module
 
-Shape = tuple[int, ...]
+__all__ = [
+    "LAYER_TYPES",
+    "AvgPool2d",
+    "BatchNorm",
+    "Conv2d",
+    "Dense",
+    "Flatten",
+    "GroupSort",
+    "Layer",
+    "Network",
+    "Normalize",
+    "ReLU",
+    "Shape",
+    "layer_from_torch",
+    "layers_from_torch",
+]
 
 SUPPORTED_LAYERS = (
     "Linear, Conv2d (dilation 1, groups 1, zero padding), ReLU, MinMax / GroupSort, "
-    "Flatten, Normalize (per-channel affine), AvgPool2d (padding 0), Identity/Dropout (eval)"
+    "Flatten, Normalize (per-channel affine), BatchNorm1d / BatchNorm2d (evaluation mode, "
+    "running statistics), AvgPool2d (padding 0), Identity/Dropout (eval)"
 )
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    a, b = value
-    return (int(a), int(b))
-
-
-@attrs.frozen(eq=False)
-class Dense:
-    """y = W x + b; ``weight`` (out, in), ``bias`` (out,)."""
-
-    weight: FloatArray = attrs.field(converter=frozen_array)
-    bias: FloatArray = attrs.field(converter=frozen_array)
-    kind = "dense"
-
-    def output_shape(self, input_shape: Shape) -> Shape:
-        if input_shape != (self.weight.shape[1],):
-            raise UnsupportedLayerError(
-                f"dense layer expects input ({self.weight.shape[1]},), got {input_shape}; "
-                "add a Flatten before it"
-            )
-        return (self.weight.shape[0],)
-
-    def config(self) -> dict[str, Any]:
-        return {"in": int(self.weight.shape[1]), "out": int(self.weight.shape[0])}
-
-    def arrays(self) -> dict[str, FloatArray]:
-        return {"weight": self.weight, "bias": self.bias}
-
-    def to_torch(self) -> nn.Module:
-        m = nn.Linear(self.weight.shape[1], self.weight.shape[0])
-        _load(m, weight=self.weight, bias=self.bias)
-        return m
-
-
-@attrs.frozen(eq=False)
-class Conv2d:
-    """2-D convolution with zero padding; ``weight`` (c_out, c_in, kh, kw), ``bias`` (c_out,)."""
-
-    weight: FloatArray = attrs.field(converter=frozen_array)
-    bias: FloatArray = attrs.field(converter=frozen_array)
-    stride: tuple[int, int] = attrs.field(converter=_pair)
-    padding: tuple[int, int] = attrs.field(converter=_pair)
-    kind = "conv2d"
-
-    def output_shape(self, input_shape: Shape) -> Shape:
-        if len(input_shape) != 3 or input_shape[0] != self.weight.shape[1]:
-            raise UnsupportedLayerError(
-                f"conv2d expects input ({self.weight.shape[1]}, H, W), got {input_shape}"
-            )
-        _, h, w = input_shape
-        kh, kw = self.weight.shape[2:]
-        oh = (h + 2 * self.padding[0] - kh) // self.stride[0] + 1
-        ow = (w + 2 * self.padding[1] - kw) // self.stride[1] + 1
-        if oh < 1 or ow < 1:
-            raise UnsupportedLayerError(f"conv2d kernel {kh}x{kw} larger than its input {h}x{w}")
-        return (int(self.weight.shape[0]), oh, ow)
-
-    def config(self) -> dict[str, Any]:
-        co, ci, kh, kw = (int(s) for s in self.weight.shape)
-        return {
-            "in": ci,
-            "out": co,
-            "kernel": [kh, kw],
-            "stride": list(self.stride),
-            "padding": list(self.padding),
-        }
-
-    def arrays(self) -> dict[str, FloatArray]:
-        return {"weight": self.weight, "bias": self.bias}
-
-    def to_torch(self) -> nn.Module:
-        co, ci, kh, kw = self.weight.shape
-        m = nn.Conv2d(ci, co, (kh, kw), stride=self.stride, padding=self.padding)
-        _load(m, weight=self.weight, bias=self.bias)
-        return m
-
-
-@attrs.frozen
-class ReLU:
-    """max(x, 0) elementwise."""
-
-    kind = "relu"
-
-    def output_shape(self, input_shape: Shape) -> Shape:
-        return input_shape
-
-    def config(self) -> dict[str, Any]:
-        return {}
-
-    def arrays(self) -> dict[str, FloatArray]:
-        return {}
-
-    def to_torch(self) -> nn.Module:
-        return nn.ReLU()
-
-
-@attrs.frozen
-class GroupSort:
-    """Sort consecutive groups of ``group_size`` features/channels; size 2 is MinMax."""
-
-    group_size: int = 2
-    kind = "groupsort"
-
-    def output_shape(self, input_shape: Shape) -> Shape:
-        if input_shape[0] % self.group_size:
-            raise UnsupportedLayerError(
-                f"GroupSort({self.group_size}) on {input_shape[0]} channels: not a multiple"
-            )
-        return input_shape
-
-    def config(self) -> dict[str, Any]:
-        return {"group_size": self.group_size}
-
-    def arrays(self) -> dict[str, FloatArray]:
-        return {}
-
-    def to_torch(self) -> nn.Module:
-        return vl.GroupSort(self.group_size)
-
-
-@attrs.frozen
-class Flatten:
-    """Reshape (c, h, w) -> (c*h*w,)."""
-
-    kind = "flatten"
-
-    def output_shape(self, input_shape: Shape) -> Shape:
-        return (int(np.prod(input_shape)),)
-
-    def config(self) -> dict[str, Any]:
-        return {}
-
-    def arrays(self) -> dict[str, FloatArray]:
-        return {}
-
-    def to_torch(self) -> nn.Module:
-        return nn.Flatten()
-
-
-@attrs.frozen(eq=False)
-class Normalize:
-    """(x - mean) / std per channel (dim 0 of the input shape)."""
-
-    mean: FloatArray = attrs.field(converter=frozen_array)
-    std: FloatArray = attrs.field(converter=frozen_array)
-    kind = "normalize"
-
-    def output_shape(self, input_shape: Shape) -> Shape:
-        if self.mean.size not in (1, input_shape[0]):
-            raise UnsupportedLayerError(
-                f"Normalize has {self.mean.size} channels, its input {input_shape} "
-                f"has {input_shape[0]}"
-            )
-        return input_shape
-
-    def scale(self, input_shape: Shape) -> FloatArray:
-        """1/std broadcast to ``input_shape``: the linear part of the layer is diag(scale)."""
-        inv = 1.0 / np.broadcast_to(self.std, (input_shape[0],))
-        return np.broadcast_to(inv.reshape((-1,) + (1,) * (len(input_shape) - 1)), input_shape)
-
-    def config(self) -> dict[str, Any]:
-        return {"channels": int(self.mean.size)}
-
-    def arrays(self) -> dict[str, FloatArray]:
-        return {"mean": self.mean, "std": self.std}
-
-    def to_torch(self) -> nn.Module:
-        return vl.Normalize(
-            torch.from_numpy(np.array(self.mean)), torch.from_numpy(np.array(self.std))
-        )
-
-
-@attrs.frozen
-class AvgPool2d:
-    """Average pooling, padding 0, floor mode."""
-
-    kernel: tuple[int, int] = attrs.field(converter=_pair)
-    stride: tuple[int, int] = attrs.field(converter=_pair)
-    kind = "avgpool2d"
-
-    def output_shape(self, input_shape: Shape) -> Shape:
-        if len(input_shape) != 3:
-            raise UnsupportedLayerError(f"avgpool2d expects (C, H, W) input, got {input_shape}")
-        c, h, w = input_shape
-        oh = (h - self.kernel[0]) // self.stride[0] + 1
-        ow = (w - self.kernel[1]) // self.stride[1] + 1
-        if oh < 1 or ow < 1:
-            raise UnsupportedLayerError(f"avgpool2d kernel {self.kernel} larger than input {h}x{w}")
-        return (c, oh, ow)
-
-    def config(self) -> dict[str, Any]:
-        return {"kernel": list(self.kernel), "stride": list(self.stride)}
-
-    def arrays(self) -> dict[str, FloatArray]:
-        return {}
-
-    def to_torch(self) -> nn.Module:
-        return nn.AvgPool2d(self.kernel, self.stride)
-
-
-Layer = Dense | Conv2d | ReLU | GroupSort | Flatten | Normalize | AvgPool2d
-LAYER_TYPES: dict[str, type] = {
-    cls.kind: cls for cls in (Dense, Conv2d, ReLU, GroupSort, Flatten, Normalize, AvgPool2d)
-}
-
-
-def _load(module: nn.Module, **arrays: FloatArray) -> None:
-    with torch.no_grad():
-        for name, value in arrays.items():
-            getattr(module, name).copy_(torch.from_numpy(np.array(value)))
-
 
 def _arr(t: torch.Tensor) -> FloatArray:
     return np.asarray(t.detach().cpu().to(torch.float64).numpy())
@@ -270,56 +91,114 @@ def layers_from_torch(module: nn.Module, where: str) -> list[Layer]:
     return [] if layer is None else [layer]
 
 
+ImportRule = Callable[[Any, str], "Layer | None"]
+"""(torch module of the registered type, where) -> IR layer, or None for the identity."""
+
+TORCH_IMPORT: RuleTable[ImportRule] = RuleTable("the torch importer")
+"""Keyed by the *exact* torch module type (a subclass may override ``forward``; it is refused
+unless it exports its own IR with ``verispec_layers``)."""
+
+
+def _unsupported(where: str, module: nn.Module, why: str) -> UnsupportedLayerError:
+    return UnsupportedLayerError(
+        f"layer {where} ({module}): {why}. Supported: {SUPPORTED_LAYERS}"
+    )
+
+
+@TORCH_IMPORT.register(nn.Identity, nn.Dropout)
+def _identity(module: nn.Module, where: str) -> None:
+    return None
+
+
+@TORCH_IMPORT.register(nn.Linear)
+def _linear(module: nn.Linear, where: str) -> Layer:
+    bias = module.bias if module.bias is not None else torch.zeros(module.out_features)
+    return Dense(_arr(module.weight), _arr(bias))
+
+
+@TORCH_IMPORT.register(nn.Conv2d)
+def _conv2d(module: nn.Conv2d, where: str) -> Layer:
+    problems = []
+    if pair(module.dilation) != (1, 1):
+        problems.append(f"dilation {module.dilation}")
+    if module.groups != 1:
+        problems.append(f"groups {module.groups}")
+    if module.padding_mode != "zeros":
+        problems.append(f"padding_mode {module.padding_mode!r}")
+    if isinstance(module.padding, str):
+        problems.append(f"padding {module.padding!r} (give explicit integers)")
+    if problems:
+        raise _unsupported(where, module, f"unsupported {', '.join(problems)}")
+    bias = module.bias if module.bias is not None else torch.zeros(module.out_channels)
+    return Conv2d(_arr(module.weight), _arr(bias), pair(module.stride), pair(module.padding))
+
+
+@TORCH_IMPORT.register(nn.ReLU)
+def _relu(module: nn.ReLU, where: str) -> Layer:
+    return ReLU()
+
+
+@TORCH_IMPORT.register(vl.GroupSort, vl.MinMax)
+def _groupsort(module: vl.GroupSort, where: str) -> Layer:
+    return GroupSort(module.group_size)
+
+
+@TORCH_IMPORT.register(nn.Flatten)
+def _flatten(module: nn.Flatten, where: str) -> Layer:
+    if module.start_dim != 1 or module.end_dim != -1:
+        raise _unsupported(where, module, "only Flatten(start_dim=1, end_dim=-1) is supported")
+    return Flatten()
+
+
+@TORCH_IMPORT.register(vl.Normalize)
+def _normalize(module: vl.Normalize, where: str) -> Layer:
+    return Normalize(_arr(module.mean), _arr(module.std))
+
+
+@TORCH_IMPORT.register(vl.ChannelAffine)
+def _channel_affine(module: vl.ChannelAffine, where: str) -> Layer:
+    return BatchNorm(_arr(module.scale), _arr(module.shift))
+
+
+@TORCH_IMPORT.register(nn.BatchNorm1d, nn.BatchNorm2d)
+def _batchnorm(module: nn.BatchNorm1d | nn.BatchNorm2d, where: str) -> Layer:
+    """Evaluation-mode batch norm: scale = gamma / sqrt(var + eps), shift = beta - mean scale,
+    computed in float64 from the module's running statistics."""
+    mean, var = module.running_mean, module.running_var
+    if mean is None or var is None:
+        raise _unsupported(
+            where,
+            module,
+            "batch norm without running statistics (track_running_stats=False) normalises "
+            "with batch statistics, which is not a fixed function of the input",
+        )
+    c = module.num_features
+    gamma = _arr(module.weight) if module.weight is not None else np.ones(c)
+    beta = _arr(module.bias) if module.bias is not None else np.zeros(c)
+    scale = gamma / np.sqrt(_arr(var) + float(module.eps))
+    if not np.all(np.isfinite(scale)):
+        raise _unsupported(where, module, "running_var + eps must be positive")
+    return BatchNorm(scale, beta - _arr(mean) * scale)
+
+
+@TORCH_IMPORT.register(nn.AvgPool2d)
+def _avgpool(module: nn.AvgPool2d, where: str) -> Layer:
+    if pair(module.padding) != (0, 0) or module.ceil_mode or module.divisor_override:
+        raise _unsupported(
+            where, module, "AvgPool2d needs padding 0, ceil_mode False and no divisor_override"
+        )
+    stride = module.stride if module.stride is not None else module.kernel_size
+    return AvgPool2d(pair(module.kernel_size), pair(stride))
+
+
 def layer_from_torch(module: nn.Module, where: str) -> Layer | None:
     """The IR layer for one standard torch module (None for the identity at eval time)."""
-    if isinstance(module, nn.Identity | nn.Dropout):
-        return None
-    if isinstance(module, nn.Linear):
-        bias: torch.Tensor = (
-            module.bias if module.bias is not None else torch.zeros(module.out_features)
+    if type(module) not in TORCH_IMPORT.covers():
+        raise UnsupportedLayerError(
+            f"layer {where} ({type(module).__name__}: {module}) is not supported. "
+            f"Supported: {SUPPORTED_LAYERS}"
         )
-        return Dense(_arr(module.weight), _arr(bias))
-    if isinstance(module, nn.Conv2d):
-        problems = []
-        if _pair(module.dilation) != (1, 1):
-            problems.append(f"dilation {module.dilation}")
-        if module.groups != 1:
-            problems.append(f"groups {module.groups}")
-        if module.padding_mode != "zeros":
-            problems.append(f"padding_mode {module.padding_mode!r}")
-        if isinstance(module.padding, str):
-            problems.append(f"padding {module.padding!r} (give explicit integers)")
-        if problems:
-            raise UnsupportedLayerError(
-                f"layer {where} ({module}): unsupported {', '.join(problems)}. Supported: "
-                + SUPPORTED_LAYERS
-            )
-        bias = module.bias if module.bias is not None else torch.zeros(module.out_channels)
-        return Conv2d(_arr(module.weight), _arr(bias), _pair(module.stride), _pair(module.padding))
-    if isinstance(module, nn.ReLU):
-        return ReLU()
-    if isinstance(module, vl.GroupSort):
-        return GroupSort(module.group_size)
-    if isinstance(module, nn.Flatten):
-        if module.start_dim != 1 or module.end_dim != -1:
-            raise UnsupportedLayerError(
-                f"layer {where} ({module}): only Flatten(start_dim=1, end_dim=-1) is supported"
-            )
-        return Flatten()
-    if isinstance(module, vl.Normalize):
-        return Normalize(_arr(module.mean), _arr(module.std))
-    if isinstance(module, nn.AvgPool2d):
-        if _pair(module.padding) != (0, 0) or module.ceil_mode or module.divisor_override:
-            raise UnsupportedLayerError(
-                f"layer {where} ({module}): AvgPool2d needs padding 0, ceil_mode False and no "
-                "divisor_override"
-            )
-        stride = module.stride if module.stride is not None else module.kernel_size
-        return AvgPool2d(_pair(module.kernel_size), _pair(stride))
-    raise UnsupportedLayerError(
-        f"layer {where} ({type(module).__name__}: {module}) is not supported. "
-        f"Supported: {SUPPORTED_LAYERS}"
-    )
+    return TORCH_IMPORT.rule(module, where)(module, where)
 
 
 def _layers(value: Iterable[Layer]) -> tuple[Layer, ...]:
@@ -338,6 +217,7 @@ class Network:
     input_shape: Shape = attrs.field(converter=_shape)
     shapes: tuple[Shape, ...] = attrs.field(init=False)
     _fingerprint: str = attrs.field(init=False, default="", repr=False)
+    _module64: nn.Module | None = attrs.field(init=False, default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         shapes = [self.input_shape]
@@ -369,15 +249,21 @@ class Network:
     def module(
         self, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
     ) -> nn.Sequential:
-        """A fresh torch module computing the network, in eval mode, on ``device``."""
-        seq = nn.Sequential(*(layer.to_torch() for layer in self.layers))
-        return seq.to(dtype=dtype, device=device).eval()
+        """A fresh torch module computing the network, in eval mode, on ``device``; its
+        parameters are the IR's float64 values converted once to ``dtype``."""
+        dev = torch.device(device)
+        return nn.Sequential(
+            *(layer_module(layer, dtype, dev, str(i)) for i, layer in enumerate(self.layers))
+        ).eval()
 
     def forward64(self, x: FloatArray) -> FloatArray:
-        """Float64 logits (n, m) of ``x`` (n, *input_shape) on the CPU: the reference pass."""
+        """Float64 logits (n, m) of ``x`` (n, *input_shape) on the CPU: the reference pass,
+        on the IR's float64 weights unrounded."""
         xs = np.array(x, dtype=np.float64).reshape((-1, *self.input_shape))
+        if self._module64 is None:
+            object.__setattr__(self, "_module64", self.module(torch.float64))
         with torch.no_grad():
-            out = self.module(torch.float64)(torch.from_numpy(xs))
+            out = self._module64(torch.from_numpy(xs))
         return np.asarray(out.numpy())
 
     def fingerprint(self) -> str:
@@ -388,10 +274,13 @@ class Network:
         h = hashlib.sha256(repr(self.input_shape).encode())
         for layer in self.layers:
             h.update(layer.kind.encode())
-            h.update(repr(sorted(layer.config().items())).encode())
-            for name, arr in sorted(layer.arrays().items()):
+            for name, value in fields(layer).items():
                 h.update(name.encode())
-                h.update(np.ascontiguousarray(arr).tobytes())
+                if isinstance(value, np.ndarray):
+                    h.update(repr(value.shape).encode())
+                    h.update(np.ascontiguousarray(value).tobytes())
+                else:
+                    h.update(repr(value).encode())
         object.__setattr__(self, "_fingerprint", h.hexdigest())
         return self._fingerprint
 

@@ -13,6 +13,7 @@ import attrs
 import numpy as np
 
 from verispec.errors import SpecError
+from verispec.network import Network
 from verispec.regions import FloatArray, Region, frozen_array
 
 
@@ -118,9 +119,15 @@ class Property:
     predicate: Predicate
 
     def is_counterexample(self, x: FloatArray, y: FloatArray) -> bool:
-        """Whether ``x`` (input shape) lies in the region and its float64 logits ``y`` (m,) violate
-        the predicate. ``y`` must come from a float64 forward pass of ``x``."""
+        """Whether ``x`` (input shape) lies in the closed region (exactly) and its float64 logits
+        ``y`` (m,) violate the predicate. ``y`` must come from a float64 forward pass of ``x``."""
         return self.region.contains(x) and not bool(self.predicate.holds(y.reshape(1, -1))[0])
+
+    def confirm(self, network: Network, x: FloatArray) -> FloatArray | None:
+        """The witness to report for a candidate ``x`` (input shape): ``x`` moved into the
+        region (``Region.inside``) and re-checked by a float64 forward pass on the network's
+        exact weights; None when that point is not a counterexample."""
+        return _confirm(network, self.region, (self,), x)
 
 
 def _properties(value: Iterable[Property]) -> tuple[Property, ...]:
@@ -141,3 +148,19 @@ class Goal:
     def is_counterexample(self, x: FloatArray, y: FloatArray) -> bool:
         """Whether ``x`` violates every alternative (a single witness refuting the goal)."""
         return all(p.is_counterexample(x, y) for p in self.alternatives)
+
+    def confirm(self, network: Network, x: FloatArray) -> FloatArray | None:
+        """As ``Property.confirm``, for every alternative at once (they share one region)."""
+        if not self.alternatives:
+            return None
+        return _confirm(network, self.alternatives[0].region, self.alternatives, x)
+
+
+def _confirm(
+    network: Network, region: Region, props: Sequence[Property], x: FloatArray
+) -> FloatArray | None:
+    moved = region.inside(np.asarray(x, dtype=np.float64).reshape(network.input_shape))
+    if moved is None:
+        return None
+    y = network.forward64(moved[None])[0]
+    return moved if all(p.is_counterexample(moved, y) for p in props) else None

@@ -2,14 +2,17 @@
 
 Every region stores its arrays as read-only float64 numpy arrays with the network's input
 shape (``Ball.center``, ``Box.lo``/``Box.hi``) or flattened (``Polytope.A`` acts on the
-flattened input). Membership tests take a tolerance so that float64 witnesses produced by a
-projection or a solver are not rejected for a last-bit rounding difference.
+flattened input). Membership tests are exact (no tolerance: the closed region of the real
+numbers, decided with error-free transformations and, at a near-tie, rational arithmetic);
+``inside(x)`` moves a witness that a projection or a solver left a few ulps outside back into
+the region, exactly checked, or returns None.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+from fractions import Fraction
 
 import attrs
 import numpy as np
@@ -19,8 +22,8 @@ from verispec.errors import SpecError
 
 FloatArray = NDArray[np.float64]
 
-MEMBERSHIP_TOL = 1e-9
-"""Absolute slack allowed when testing whether a witness lies in a region."""
+_NUDGES = 64
+"""How many times ``inside`` nudges a point towards the centre before giving up."""
 
 
 class Norm(enum.Enum):
@@ -85,9 +88,14 @@ class Box:
         """Half the l2 diagonal: the l2 distance from the centre to the farthest corner."""
         return float(np.linalg.norm((self.hi - self.lo).ravel()) / 2.0)
 
-    def contains(self, x: FloatArray, tol: float = MEMBERSHIP_TOL) -> bool:
-        """Whether ``x`` (input shape) lies in the box, up to ``tol``."""
-        return bool(np.all(x >= self.lo - tol) and np.all(x <= self.hi + tol))
+    def contains(self, x: FloatArray) -> bool:
+        """Whether ``x`` (input shape) lies in the closed box (exact comparisons)."""
+        x = np.asarray(x, dtype=np.float64).reshape(self.lo.shape)
+        return bool(np.all(x >= self.lo) and np.all(x <= self.hi))
+
+    def inside(self, x: FloatArray) -> FloatArray:
+        """``x`` clipped into the box (exact)."""
+        return self.clip(np.asarray(x, dtype=np.float64).reshape(self.lo.shape))
 
     def clip(self, x: FloatArray) -> FloatArray:
         """Project ``x`` (..., input shape) onto the box coordinate-wise."""
@@ -117,11 +125,42 @@ class Ball:
             if not self.domain.contains(self.center):
                 raise SpecError("Ball: the centre lies outside the data domain")
 
-    def contains(self, x: FloatArray, tol: float = MEMBERSHIP_TOL) -> bool:
-        """Whether ``x`` lies in the ball (and the domain), up to ``tol``."""
-        dist = float(self.norm.of((x - self.center).reshape(1, -1))[0])
-        inside = dist <= self.eps + tol
-        return inside and (self.domain is None or self.domain.contains(x, tol))
+    def contains(self, x: FloatArray) -> bool:
+        """Whether ``x`` lies in the closed ball (and the domain), decided exactly."""
+        x = np.asarray(x, dtype=np.float64).reshape(self.center.shape)
+        if self.domain is not None and not self.domain.contains(x):
+            return False
+        if self.norm is Norm.LINF:
+            return bool(np.all(_within(x, self.center, self.eps)))
+        return _l2_within(x.ravel(), self.center.ravel(), self.eps)
+
+    def inside(self, x: FloatArray) -> FloatArray | None:
+        """A point of the closed ball (and domain) at or next to ``x``: ``x`` itself when it lies
+        in the region, else ``x`` clipped (l_inf) or pulled towards the centre (l2) until the
+        exact test passes; None if that fails."""
+        x = np.array(x, dtype=np.float64).reshape(self.center.shape)
+        c = self.center
+        if self.contains(x):
+            return x
+        if self.domain is not None:
+            x = self.domain.clip(x)
+        if self.norm is Norm.LINF:
+            x = np.clip(x, c - self.eps, c + self.eps)
+            for _ in range(_NUDGES):
+                bad = ~_within(x, c, self.eps)
+                if not bad.any():
+                    break
+                x = np.where(bad, np.nextafter(x, c), x)
+        else:
+            dist = float(np.linalg.norm((x - c).ravel()))
+            factor = self.eps / dist if dist > 0 else 0.0
+            for k in range(_NUDGES):
+                if self.contains(x):
+                    break
+                x = c + (x - c) * (factor * (1.0 - 2.0 ** (k - 52)))
+                if self.domain is not None:
+                    x = self.domain.clip(x)
+        return x if self.contains(x) else None
 
 
 @attrs.frozen(eq=False)
@@ -145,11 +184,74 @@ class Polytope:
                 f"Polytope: box has {self.box.lo.size} coordinates, A has {self.A.shape[1]} columns"
             )
 
-    def contains(self, x: FloatArray, tol: float = MEMBERSHIP_TOL) -> bool:
-        """Whether ``x`` satisfies A x <= b (and the box), up to ``tol``."""
-        scale = 1.0 + np.abs(self.A) @ np.abs(x.ravel())
-        ok = bool(np.all(self.A @ x.ravel() <= self.b + tol * scale))
-        return ok and (self.box is None or self.box.contains(x, tol))
+    def contains(self, x: FloatArray) -> bool:
+        """Whether ``x`` satisfies A x <= b (and the box), decided exactly."""
+        if self.box is not None and not self.box.contains(x):
+            return False
+        flat = np.asarray(x, dtype=np.float64).ravel()
+        value = self.A @ flat
+        slack = _dot_error(self.A, flat)
+        if np.all(value + slack <= self.b):
+            return True
+        if np.any(value - slack > self.b):
+            return False
+        close = np.flatnonzero(value + slack > self.b)
+        xs = [Fraction(v) for v in flat.tolist()]
+        return all(
+            sum((Fraction(a) * v for a, v in zip(self.A[i].tolist(), xs, strict=True)), Fraction(0))
+            <= Fraction(float(self.b[i]))
+            for i in close
+        )
+
+    def inside(self, x: FloatArray) -> FloatArray | None:
+        """``x`` (clipped into the box) when it satisfies the constraints exactly, else None."""
+        x = np.asarray(x, dtype=np.float64)
+        if self.box is not None:
+            x = self.box.clip(x.reshape(self.box.lo.shape))
+        return x if self.contains(x) else None
 
 
 Region = Ball | Box | Polytope
+
+
+def _within(x: FloatArray, c: FloatArray, eps: float) -> NDArray[np.bool_]:
+    """Elementwise, exactly: |x - c| <= eps. ``d + err = x - c`` exactly (TwoSum)."""
+    d = x - c
+    bb = d - x
+    err = (x - (d - bb)) + (-c - bb)
+    upper = (d < eps) | ((d == eps) & (err <= 0))
+    lower = (d > -eps) | ((d == -eps) & (err >= 0))
+    return np.asarray(upper & lower & np.isfinite(d))
+
+
+def _dot_error(A: FloatArray, x: FloatArray) -> FloatArray:
+    """A bound on the rounding error of ``A @ x`` (k,), any summation order, with underflow."""
+    n = A.shape[1]
+    u = 2.0**-53
+    g = (n + 2) * u / (1 - (n + 2) * u)
+    return np.asarray(g * (np.abs(A) @ np.abs(x)) * 2 + (n + 2) * 2.0**-1073)
+
+
+def _l2_within(x: FloatArray, c: FloatArray, eps: float) -> bool:
+    """Exactly: ||x - c||_2 <= eps (a float64 test with an error bound, rationals if close)."""
+    d = x - c
+    if not np.all(np.isfinite(d)):
+        return False
+    amax = float(np.max(np.abs(d))) if d.size else 0.0
+    if amax == 0.0:
+        return True
+    if eps == 0.0:
+        return False
+    e = math.frexp(amax)[1]
+    scaled_sq = float(np.sum(np.ldexp(d, -e) ** 2))
+    scaled_eps_sq = math.ldexp(eps, -e) ** 2
+    rel = 8 * (d.size + 4) * 2.0**-53 + 1e-12
+    if scaled_sq * (1 + rel) < scaled_eps_sq * (1 - rel) and scaled_eps_sq > 2.0**-900:
+        return True
+    if scaled_sq * (1 - rel) > scaled_eps_sq * (1 + rel) and scaled_sq > 2.0**-900:
+        return False
+    total = sum(
+        ((Fraction(a) - Fraction(b)) ** 2 for a, b in zip(x.tolist(), c.tolist(), strict=True)),
+        Fraction(0),
+    )
+    return total <= Fraction(eps) ** 2

@@ -26,7 +26,7 @@ def sample_region(region: Box | Ball | Polytope, n: int, rng: np.random.Generato
     if isinstance(region, Polytope):
         assert region.box is not None, "the tests only sample polytopes with a box"
         pts = sample_region(region.box, 4 * n, rng)
-        inside = np.array([region.contains(p, 0.0) for p in pts])
+        inside = np.array([region.contains(p) for p in pts])
         return pts[inside][:n]
     shape = region.center.shape
     if region.norm is Norm.LINF:

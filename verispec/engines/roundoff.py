@@ -1,39 +1,68 @@
 """A forward pass that also returns a proven bound on its own floating-point error.
 
-Engines run networks in float32 for speed but certify the exact (real-arithmetic) network at
-the user's float64 point. ``RoundoffForward`` returns logits y_hat (n, m) and E (n,) with
-||y_hat - f(x)||_2 <= E, by the standard error analysis of each layer:
+Engines run networks in float32 (or float64) for speed but certify the exact real-arithmetic
+network given by the IR's float64 weights, at the user's float64 point. ``RoundoffForward``
+returns logits y_hat (n, m) and E (n,) with ||y_hat - f(x)||_2 <= E.
 
-- affine layers (dense, conv): |fl(W h + b) - (W h + b)| <= gamma_{n+3} (|W| |h| + |b|)
-  elementwise (any summation order, FMA included; one more rounding for storing the float64
-  weights in the working precision), with n the fan-in and gamma_k = k u / (1 - k u);
-  in l2: gamma_{n+3} (|| |W| ||_2 ||h||_2 + ||b||_2);
-- normalisation (x - mean) / std: two rounded operations on rounded constants,
-  <= 5u ||out||_2 + 2u ||mean / std||_2;
-- average pooling: a sum of k values and a division, <= gamma_{k+1} ||pool(|h|)||_2;
-- ReLU, GroupSort, Flatten are exact;
-- propagated error: E_{l+1} <= Lip_l E_l + local_l, with Lip_l the layer's proven l2 bound.
+Model of the arithmetic (IEEE 754, round to nearest, working precision with unit roundoff u
+and underflow unit eta = half the smallest subnormal: 2**-150 in float32, 2**-1075 in float64):
+every operation gives fl(a op b) = (a op b)(1 + d) + e with |d| <= u, |e| <= eta (e = 0 for
+additions); storing a float64 constant c in the working precision gives c (1 + d) + e.
+With gamma_k = k u / (1 - k u), each layer contributes a *local* error, in l2 over its
+outputs, at the computed input h (the rule table ``ROUNDOFF``, one rule per IR layer type):
 
-Computed activation norms are inflated by their own rounding allowance. The unit roundoff u is
-that of the arithmetic actually used: 2^-24 for float32, 2^-53 for float64, 2^-11 when TF32
-matmuls are enabled by the user, 2^-8 under float32 matmul precision "medium" (bfloat16);
-cuDNN's TF32 convolutions are switched off inside the pass. The analysis assumes convolutions
-computed by summation (direct or GEMM); an extra factor ``SAFETY`` covers reordered kernels.
+- dense / conv (fan-in n, m outputs): the weights and bias are rounded once, the sum of n
+  products is evaluated in any order (FMA included), so per output
+  |err| <= gamma_{n+3} (|W| |h| + |b|) + eta (||h||_1 + n + 3); in l2:
+  gamma_{n+3} (|| |W| ||_2 ||h||_2 + ||b||_2) + 1.01 eta sqrt(m) (sqrt(n) ||h||_2 + n + 3);
+- Normalize (x - mean) / std with rounded mean and std:
+  (theta ||y_hat|| + (1 + theta) (u ||mean / std|| + eta ||1 / std||) + eta sqrt(m)) / (1 - theta)
+  with theta = (1 + u)^2 / (1 - r) - 1 and r = u + eta / min|std| the relative rounding of std
+  (r >= 1/4: E = inf);
+- BatchNorm x * scale + shift with rounded scale and shift:
+  gamma_3 max|scale| ||h|| + eta ||h|| + gamma_2 ||shift|| + u ||y_hat|| + 3 eta sqrt(m);
+- average pooling: a sum of k values and a division, <= gamma_{k+1} L ||h|| + 2 eta sqrt(m);
+- ReLU, GroupSort (a permutation) and Flatten are exact: 0;
+- propagated: E_{l+1} <= Lip_l E_l + SAFETY * local_l, Lip_l the layer's proven l2 bound.
+
+Norms ||h|| are computed in float64 on power-of-two rescaled rows (squares never underflow)
+and inflated by their own rounding. A constant that overflows the working precision makes the
+pass refuse to run (``UnsupportedError``: use float64). The unit roundoff is that of the
+arithmetic actually used: 2^-24 for float32, 2^-53 for float64, 2^-11 when TF32 matmuls are
+enabled by the user, 2^-8 under float32 matmul precision "medium" (bfloat16); cuDNN's TF32
+convolutions are switched off inside the pass. The analysis assumes sums computed by some
+summation order (direct or GEMM kernels); ``SAFETY`` covers reordered kernels.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import attrs
 import numpy as np
 import torch
 
 import verispec.opnorm as opnorm
-from verispec.network import AvgPool2d, Conv2d, Dense, Network, Normalize
+from verispec.errors import UnsupportedError
+from verispec.ir import (
+    AvgPool2d,
+    BatchNorm,
+    Conv2d,
+    Dense,
+    Flatten,
+    GroupSort,
+    Layer,
+    Normalize,
+    ReLU,
+    Shape,
+    channel_vector,
+)
+from verispec.network import Network
 from verispec.regions import FloatArray
+from verispec.rules import RuleTable
 
 SAFETY = 4.0
 """Multiplier on every local rounding term (covers non-standard summation in kernels)."""
@@ -58,6 +87,15 @@ def unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
     return 2.0**-24
 
 
+def underflow_unit(dtype: torch.dtype) -> float:
+    """Half the smallest positive subnormal of ``dtype``: the absolute error of one rounding."""
+    return 2.0**-150 if dtype == torch.float32 else 2.0**-1075
+
+
+def _max_finite(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).max)
+
+
 @contextmanager
 def _exact_convolutions(device: torch.device) -> Iterator[None]:
     """Disable cuDNN TF32 inside the pass (a scoped torch context; restores the old flags)."""
@@ -75,58 +113,160 @@ def _exact_convolutions(device: torch.device) -> Iterator[None]:
 
 
 @attrs.frozen
-class _LayerError:
-    """Per-layer constants: l2 Lipschitz bound, || |W| ||_2 bound, fan-in, ||bias|| (per point)."""
+class Precision:
+    """The working arithmetic: unit roundoff ``u``, underflow unit ``eta``."""
+
+    u: float
+    eta: float
+
+
+Norms = Callable[[torch.Tensor], torch.Tensor]
+"""h (n, ...) -> per-row upper bounds of ||h||_2 (n,) as float64."""
+
+LocalError = Callable[[torch.Tensor, torch.Tensor, Norms], torch.Tensor]
+"""(computed input h, computed output y, norms) -> local error bound (n,) float64."""
+
+
+@attrs.frozen
+class LayerError:
+    """One layer's error model: its l2 Lipschitz bound and its local-error function."""
 
     lip: float
-    abs_norm: float = 0.0
-    fan_in: int = 0
-    bias_norm: float = 0.0
-    kind: str = "exact"
+    local: LocalError
 
 
-def layer_error_constants(network: Network, lips: list[float]) -> list[_LayerError]:
-    """Constants for each layer of ``network``; ``lips`` are the per-layer l2 bounds."""
-    out = []
-    for i, layer in enumerate(network.layers):
-        in_shape, out_shape = network.shapes[i], network.shapes[i + 1]
-        if isinstance(layer, Dense):
-            out.append(
-                _LayerError(
-                    lips[i],
-                    opnorm.dense_abs_l2_bound(layer.weight),
-                    layer.weight.shape[1],
-                    float(np.linalg.norm(layer.bias)),
-                    "affine",
-                )
-            )
-        elif isinstance(layer, Conv2d):
-            _, ci, kh, kw = layer.weight.shape
-            absn = opnorm.conv2d_abs_l2_bound(
-                layer.weight, layer.stride, layer.padding, (in_shape[1], in_shape[2])
-            )
-            bias = float(np.linalg.norm(layer.bias)) * math.sqrt(out_shape[1] * out_shape[2])
-            out.append(_LayerError(lips[i], absn, ci * kh * kw, bias, "affine"))
-        elif isinstance(layer, Normalize):
-            shift = np.broadcast_to(
-                (layer.mean / layer.std).reshape((-1,) + (1,) * (len(in_shape) - 1)), in_shape
-            )
-            out.append(
-                _LayerError(lips[i], bias_norm=float(np.linalg.norm(shift)), kind="normalize")
-            )
-        elif isinstance(layer, AvgPool2d):
-            k = layer.kernel[0] * layer.kernel[1]
-            out.append(_LayerError(lips[i], lips[i], k, 0.0, "pool"))
-        else:
-            out.append(_LayerError(lips[i]))
-    return out
+ErrorRule = Callable[[Any, Shape, Shape, float, Precision], LayerError]
+"""(layer, input shape, output shape, l2 bound, precision) -> LayerError."""
+
+ROUNDOFF: RuleTable[ErrorRule] = RuleTable("the rounding-error bound")
 
 
-def _norms(h: torch.Tensor, u: float) -> torch.Tensor:
-    """Per-row l2 norms of ``h`` as float64, inflated by the rounding of their computation."""
-    flat = h.reshape(h.shape[0], -1)
+def _check_representable(name: str, values: FloatArray, dtype: torch.dtype) -> None:
+    if values.size and float(np.max(np.abs(values))) > _max_finite(dtype):
+        raise UnsupportedError(
+            f"{name} holds values up to {float(np.max(np.abs(values))):.3g}, beyond the "
+            f"{dtype} range: certify with precision float64"
+        )
+
+
+def _affine(
+    abs_norm: float, fan_in: int, bias_norm: float, outputs: int, lip: float, p: Precision
+) -> LayerError:
+    g = gamma(fan_in + 3, p.u)
+    under = 1.01 * p.eta * math.sqrt(outputs)
+    root_n = math.sqrt(fan_in)
+
+    def local(h: torch.Tensor, y: torch.Tensor, norms: Norms) -> torch.Tensor:
+        hn = norms(h)
+        return g * (abs_norm * hn + bias_norm) + under * (root_n * hn + fan_in + 3)
+
+    return LayerError(lip, local)
+
+
+@ROUNDOFF.register(Dense)
+def _dense(layer: Dense, i: Shape, o: Shape, lip: float, p: Precision) -> LayerError:
+    return _affine(
+        opnorm.dense_abs_l2_bound(layer.weight),
+        int(layer.weight.shape[1]),
+        _norm64(layer.bias),
+        int(o[0]),
+        lip,
+        p,
+    )
+
+
+@ROUNDOFF.register(Conv2d)
+def _conv(layer: Conv2d, i: Shape, o: Shape, lip: float, p: Precision) -> LayerError:
+    _, ci, kh, kw = layer.weight.shape
+    absn = opnorm.conv2d_abs_l2_bound(layer.weight, layer.stride, layer.padding, (i[1], i[2]))
+    bias = _norm64(layer.bias) * math.sqrt(o[1] * o[2]) * (1 + 2.0**-50)
+    return _affine(absn, int(ci * kh * kw), bias, int(np.prod(o)), lip, p)
+
+
+@ROUNDOFF.register(Normalize)
+def _normalize(layer: Normalize, i: Shape, o: Shape, lip: float, p: Precision) -> LayerError:
+    shift = _norm64(channel_vector(layer.mean / layer.std, i)) * (1 + 2.0**-50)
+    inv = _norm64(channel_vector(1.0 / layer.std, i)) * (1 + 2.0**-50)
+    r = p.u + p.eta / float(np.min(np.abs(layer.std)))
+    n = int(np.prod(o))
+    if r >= 0.25:
+        return LayerError(lip, lambda h, y, norms: torch.full_like(norms(h), math.inf))
+    # y_hat = y (1 + theta) - e_m (1 + theta) / std + e, |theta| <= (1 + u)^2 / (1 - r) - 1
+    theta = (1 + p.u) ** 2 / (1 - r) - 1
+    rel = theta / (1 - theta) * (1 + 2.0**-40)
+    const = ((1 + theta) * (p.u * shift + p.eta * inv) + p.eta * math.sqrt(n)) / (1 - theta)
+
+    def local(h: torch.Tensor, y: torch.Tensor, norms: Norms) -> torch.Tensor:
+        return rel * norms(y) + const
+
+    return LayerError(lip, local)
+
+
+@ROUNDOFF.register(BatchNorm)
+def _batchnorm(layer: BatchNorm, i: Shape, o: Shape, lip: float, p: Precision) -> LayerError:
+    smax = float(np.max(np.abs(layer.scale)))
+    shift = _norm64(channel_vector(layer.shift, i)) * (1 + 2.0**-50)
+    n = int(np.prod(o))
+    g2, g3 = gamma(2, p.u), gamma(3, p.u)
+
+    def local(h: torch.Tensor, y: torch.Tensor, norms: Norms) -> torch.Tensor:
+        hn = norms(h)
+        return (
+            (g3 * smax + 1.01 * p.eta) * hn + g2 * shift + p.u * norms(y) + 3 * p.eta * math.sqrt(n)
+        )
+
+    return LayerError(lip, local)
+
+
+@ROUNDOFF.register(AvgPool2d)
+def _pool(layer: AvgPool2d, i: Shape, o: Shape, lip: float, p: Precision) -> LayerError:
+    g = gamma(layer.kernel[0] * layer.kernel[1] + 1, p.u)
+    under = 2 * p.eta * math.sqrt(int(np.prod(o)))
+    return LayerError(lip, lambda h, y, norms: g * lip * norms(h) + under)
+
+
+@ROUNDOFF.register(ReLU, GroupSort, Flatten)
+def _exact(layer: Layer, i: Shape, o: Shape, lip: float, p: Precision) -> LayerError:
+    """max(x, 0), a permutation and a reshape are computed exactly."""
+    return LayerError(lip, lambda h, y, norms: torch.zeros(h.shape[0], dtype=torch.float64))
+
+
+_CONSTANTS: dict[type, tuple[str, ...]] = {
+    Dense: ("weight", "bias"),
+    Conv2d: ("weight", "bias"),
+    Normalize: ("mean", "std"),
+    BatchNorm: ("scale", "shift"),
+}
+
+
+def _norm64(values: Any) -> float:
+    """An upper bound of ||values||_2 (any shape), without underflow of the squares."""
+    flat = np.asarray(values, dtype=np.float64).reshape(1, -1)
+    return float(_safe_rows(torch.from_numpy(np.array(flat)), 2.0**-53)[0])
+
+
+def _safe_rows(h: torch.Tensor, u64: float) -> torch.Tensor:
+    """Upper bounds of the l2 norm of each row of ``h`` (n, ...), computed in float64 on rows
+    rescaled by a power of two, inflated by the rounding of the computation."""
+    flat = h.reshape(h.shape[0], -1).to(torch.float64)
     n = flat.shape[1]
-    return torch.linalg.vector_norm(flat, dim=1).to(torch.float64) * (1 + gamma(n + 2, u))
+    if n == 0:
+        return torch.zeros(h.shape[0], dtype=torch.float64, device=h.device)
+    amax = flat.abs().amax(dim=1)
+    safe = torch.where(amax > 0, amax, torch.ones_like(amax))
+    exps = torch.frexp(safe).exponent
+    scaled = torch.ldexp(flat, -exps[:, None].to(torch.float64))
+    total = torch.linalg.vector_norm(scaled, dim=1) * (1 + gamma(n + 4, u64)) + 2.0**-1000
+    out = torch.ldexp(total, exps.to(torch.float64)) + 2.0**-1074  # a subnormal result rounds
+    return torch.where(amax > 0, out, torch.zeros_like(out))
+
+
+def layer_errors(network: Network, lips: list[float], p: Precision) -> list[LayerError]:
+    """The error model of each layer of ``network``; ``lips`` are the per-layer l2 bounds."""
+    return [
+        ROUNDOFF.rule(layer, str(k))(layer, network.shapes[k], network.shapes[k + 1], lips[k], p)
+        for k, layer in enumerate(network.layers)
+    ]
 
 
 class RoundoffForward:
@@ -135,36 +275,34 @@ class RoundoffForward:
     def __init__(
         self, network: Network, lips: list[float], dtype: torch.dtype, device: torch.device
     ) -> None:
+        for k, layer in enumerate(network.layers):
+            for name in _CONSTANTS.get(type(layer), ()):
+                _check_representable(
+                    f"layer {k} ({layer.kind}) {name}", getattr(layer, name), dtype
+                )
         self.module = network.module(dtype, device)
         self.dtype, self.device = dtype, device
-        self.u = unit_roundoff(dtype, device)
-        self.constants = layer_error_constants(network, lips)
+        self.precision = Precision(unit_roundoff(dtype, device), underflow_unit(dtype))
+        self.errors = layer_errors(network, lips, self.precision)
         self.input_shape = network.input_shape
+
+    def _norms(self, h: torch.Tensor) -> torch.Tensor:
+        return _safe_rows(h, 2.0**-53)
 
     def __call__(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         """x (n, *input_shape) float64 -> (logits (n, m) float64, error bound E (n,) float64)."""
         x64 = torch.from_numpy(np.array(x, dtype=np.float64)).reshape((-1, *self.input_shape))
-        h = x64.to(self.device).to(self.dtype)
-        err = torch.linalg.vector_norm(
-            (h.to(torch.float64) - x64.to(self.device)).flatten(1), dim=1
-        )
-        u = self.u
+        x64 = x64.to(self.device)
+        h = x64.to(self.dtype)
+        err = self._norms(h.to(torch.float64) - x64)  # exact differences (Sterbenz / rounding)
+        err = err * (1 + 2.0**-50)
         with torch.no_grad(), _exact_convolutions(self.device):
-            for layer, c in zip(self.module, self.constants, strict=True):
-                if c.kind == "affine":
-                    local = gamma(c.fan_in + 3, u) * (c.abs_norm * _norms(h, u) + c.bias_norm)
-                    h = layer(h)
-                elif c.kind == "pool":
-                    h_in = _norms(h, u)
-                    h = layer(h)
-                    local = gamma(c.fan_in + 1, u) * c.abs_norm * h_in
-                elif c.kind == "normalize":
-                    h = layer(h)
-                    local = 5 * u * _norms(h, u) + 2 * u * c.bias_norm
-                else:
-                    h = layer(h)
-                    local = torch.zeros_like(err)
-                err = c.lip * err + SAFETY * local
+            for layer, model in zip(self.module, self.errors, strict=True):
+                y = layer(h)
+                local = model.local(h, y, self._norms)
+                err = model.lip * err + SAFETY * local
+                h = y
+        err = err * (1 + 2.0**-40) + 2.0**-1000  # rounding of the bound's own arithmetic
         if not bool(torch.all(torch.isfinite(h))):
             bad = ~torch.isfinite(h).all(dim=1)
             err = torch.where(bad, torch.full_like(err, math.inf), err)
