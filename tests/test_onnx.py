@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from verispec.errors import ExtraNotInstalledError, ModelFileError, UnsupportedLayerError
-from verispec.network import Conv2d, Dense, Normalize
+from verispec.network import BatchNorm, Conv2d, Dense, Normalize
 
 onnx = pytest.importorskip("onnx", reason="needs the onnx package (pip install 'verispec[onnx]')")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from verispec.onnx import load_onnx  # noqa: E402
+from verispec.onnx import _exact_fma, _exact_mul, load_onnx  # noqa: E402
 from verispec.vnnlib import parse_vnnlib  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "vnncomp2021"
@@ -74,8 +74,11 @@ def test_shapes_and_input_folding() -> None:
     acas = load_onnx(BENCH / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx")
     assert acas.input_shape == (5,)
     assert acas.num_classes == 5
-    # the Sub of the mean image is folded into the first Dense: only Dense/ReLU remain
-    assert {layer.kind for layer in acas.layers} == {"dense", "relu"}
+    # the Sub of the mean is per-feature: it stays an exact layer (x * 1 - mean), it is not
+    # folded into the first Dense with float64 rounding
+    first = acas.layers[0]
+    assert isinstance(first, BatchNorm) and np.all(first.scale == 1.0)
+    assert {layer.kind for layer in acas.layers[1:]} == {"dense", "relu"}
     mnist = load_onnx(BENCH / "mnistfc" / "mnist-net_256x2.onnx")
     assert mnist.input_shape == (784,)
     assert mnist.num_classes == 10
@@ -184,7 +187,8 @@ def test_normalize_conv_gemm_chain(tmp_path: Path) -> None:
     _check(str(path), net, xs)
 
 
-def test_unpadded_conv_folds_normalisation(tmp_path: Path) -> None:
+def test_unpadded_conv_keeps_normalisation_exact(tmp_path: Path) -> None:
+    """A Sub before a Conv stays an exact layer (x - 0.3); MatMul + Add fold exactly."""
     rng = np.random.default_rng(2)
     cw, cb = rng.normal(size=(2, 1, 2, 2)), rng.normal(size=2)
     data = _model(
@@ -207,7 +211,7 @@ def test_unpadded_conv_folds_normalisation(tmp_path: Path) -> None:
     )
     path = _save(tmp_path, data)
     net = load_onnx(path)
-    assert [layer.kind for layer in net.layers] == ["conv2d", "flatten", "dense"]
+    assert [layer.kind for layer in net.layers] == ["batchnorm", "conv2d", "flatten", "dense"]
     _check(str(path), net, rng.uniform(-1, 1, size=(4, 1, 3, 3)))
 
 
@@ -265,3 +269,102 @@ def test_missing_extra_and_bad_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ExtraNotInstalledError, match=r"verispec\[onnx\]"):
         load_onnx(bad)
+
+
+def test_batch_normalization_becomes_batchnorm(tmp_path: Path) -> None:
+    """Conv -> BatchNormalization -> Relu -> Flatten -> Gemm agrees with onnxruntime, and the
+    batch norm is one exact per-channel layer."""
+    rng = np.random.default_rng(7)
+    cw, cb = rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3)
+    gamma, beta = rng.uniform(0.5, 2, size=3), rng.normal(size=3)
+    mean, var = rng.normal(size=3), rng.uniform(0.1, 3, size=3)
+    data = _model(
+        [
+            helper.make_node("Conv", ["x", "cw", "cb"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node(
+                "BatchNormalization", ["c", "g", "be", "mu", "var"], ["n"], name="bn", epsilon=1e-3
+            ),
+            helper.make_node("Relu", ["n"], ["r"], name="relu"),
+            helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+            helper.make_node("Gemm", ["f", "gw", "gb"], ["y"], name="fc", transB=1),
+        ],
+        {
+            "cw": cw,
+            "cb": cb,
+            "g": gamma,
+            "be": beta,
+            "mu": mean,
+            "var": var,
+            "gw": rng.normal(size=(4, 3 * 4 * 4)),
+            "gb": rng.normal(size=4),
+        },
+        [1, 2, 4, 4],
+        [1, 4],
+    )
+    path = _save(tmp_path, data)
+    net = load_onnx(path)
+    assert [layer.kind for layer in net.layers] == [
+        "conv2d",
+        "batchnorm",
+        "relu",
+        "flatten",
+        "dense",
+    ]
+    bn = net.layers[1]
+    assert isinstance(bn, BatchNorm)
+    g32, v32 = (
+        gamma.astype(np.float32).astype(np.float64),
+        var.astype(np.float32).astype(np.float64),
+    )
+    np.testing.assert_array_equal(bn.scale, g32 / np.sqrt(v32 + float(np.float32(1e-3))))
+    _check(str(path), net, rng.uniform(-1, 1, size=(6, 2, 4, 4)))
+
+
+def test_training_mode_batch_normalization_rejected(tmp_path: Path) -> None:
+    ones = np.ones(2)
+    data = _model(
+        [
+            helper.make_node(
+                "BatchNormalization",
+                ["x", "g", "b", "m", "v"],
+                ["y", "rm", "rv"],
+                name="bn",
+                training_mode=1,
+            )
+        ],
+        {"g": ones, "b": ones, "m": ones, "v": ones},
+        [1, 2],
+        [1, 2],
+    )
+    with pytest.raises(UnsupportedLayerError, match=r"bn.*inference"):
+        load_onnx(_save(tmp_path, data))
+
+
+def test_sub_then_div_is_exactly_normalize(tmp_path: Path) -> None:
+    """(x - mean) / std keeps the file's constants: no reciprocal is rounded."""
+    mean, std = np.array([0.1307]), np.array([0.3081])
+    data = _model(
+        [
+            helper.make_node("Sub", ["x", "mean"], ["a"], name="sub"),
+            helper.make_node("Div", ["a", "std"], ["b"], name="div"),
+            helper.make_node("MatMul", ["b", "w"], ["y"], name="mm"),
+        ],
+        {"mean": mean, "std": std, "w": np.eye(3)},
+        [1, 3],
+        [1, 3],
+    )
+    net = load_onnx(_save(tmp_path, data))
+    norm = net.layers[0]
+    assert isinstance(norm, Normalize)
+    assert norm.mean[0] == float(np.float32(0.1307)) and norm.std[0] == float(np.float32(0.3081))
+
+
+def test_exactness_checks_of_folds() -> None:
+    a = np.array([1.0 + 2.0**-30])
+    assert not _exact_mul(a, a, a * a)  # needs 61 bits
+    f32 = np.array([float(np.float32(0.1))])
+    assert _exact_mul(f32, f32, f32 * f32)  # 24 x 24 bits fit in 53
+    assert _exact_fma(np.array([3.0]), np.array([0.5]), np.array([0.25]), np.array([1.75]))
+    big, small = np.array([1.0]), np.array([2.0**-60])
+    assert not _exact_fma(big, big, small, big * big + small)  # the add rounds
+    assert not _exact_mul(np.array([2.0**-600]), np.array([2.0**-600]), np.array([0.0]))

@@ -192,6 +192,16 @@ def load_model(path: str | Path) -> tuple[Network, dict[str, Any]]:
     return network, dict(config.get("metadata", {}))
 
 
+def load_network(path: str | Path) -> Network:
+    """The network in ``path``: an ONNX file (``.onnx``, the ``onnx`` extra) or a verispec
+    model file (anything else)."""
+    if Path(path).suffix.lower() == ".onnx":
+        from verispec.onnx import load_onnx
+
+        return load_onnx(path)
+    return load_model(path)[0]
+
+
 def _tensor(tensors: dict[str, Any], key: str, shape: tuple[int, ...]) -> np.ndarray:
     if key not in tensors:
         raise KeyError(f"missing tensor {key!r}")
