@@ -79,3 +79,65 @@ def test_fingerprint_changes_with_weights():
     with torch.no_grad():
         model[-1].weight[0, 0] += 1e-3
     assert Network.from_torch(model, (1, 8, 8)).fingerprint() != a
+
+
+def _bn_stats(bn: nn.modules.batchnorm._BatchNorm, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    c = bn.num_features
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(c, generator=g, dtype=torch.float64))
+        bn.running_var.copy_(torch.rand(c, generator=g, dtype=torch.float64) * 3 + 0.05)
+        bn.weight.copy_(torch.randn(c, generator=g, dtype=torch.float64))
+        bn.bias.copy_(torch.randn(c, generator=g, dtype=torch.float64))
+
+
+def test_batchnorm_1d_and_2d_match_torch_in_eval_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 5),
+        nn.BatchNorm1d(5, eps=1e-3),
+        nn.ReLU(),
+        nn.Linear(5, 3),
+    ).double()
+    _bn_stats(model[1], 1)
+    _bn_stats(model[5], 2)
+    model.eval()
+    net = Network.from_torch(model, (1, 4, 4))
+    assert [layer.kind for layer in net.layers] == [
+        "conv2d",
+        "batchnorm",
+        "relu",
+        "flatten",
+        "dense",
+        "batchnorm",
+        "relu",
+        "dense",
+    ]
+    x = torch.rand(7, 1, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(net.forward64(x.numpy()), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_batchnorm_without_affine_and_refused_without_statistics():
+    bn = nn.BatchNorm1d(2, affine=False).double()
+    _ = bn.running_var.fill_(4.0)
+    net = Network.from_torch(nn.Sequential(bn, nn.Linear(2, 2)), (2,))
+    np.testing.assert_allclose(net.layers[0].scale, 1 / np.sqrt(4.0 + 1e-5))
+    with pytest.raises(UnsupportedLayerError, match="running statistics"):
+        Network.from_torch(nn.Sequential(nn.BatchNorm1d(2, track_running_stats=False)), (2,))
+
+
+def test_float64_forward_keeps_weights_that_float32_cannot_hold():
+    """Regression (issue 12, bug 2): forward64 used to run a float32-built module cast to
+    float64, so Dense(1 + 1e-9) at x = 1 returned exactly 1."""
+    from verispec.network import Dense
+
+    net = Network((Dense([[1 + 1e-9]], [0.0]),), (1,))
+    assert net.forward64(np.array([[1.0]]))[0, 0] == 1 + 1e-9
+    assert net.module(torch.float64)[0].weight.dtype == torch.float64
+    assert net.module(torch.float32)[0].weight.item() == 1.0  # float32 rounds, explicitly
