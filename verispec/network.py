@@ -260,10 +260,12 @@ class Network:
         """Float64 logits (n, m) of ``x`` (n, *input_shape) on the CPU: the reference pass,
         on the IR's float64 weights unrounded."""
         xs = np.array(x, dtype=np.float64).reshape((-1, *self.input_shape))
-        if self._module64 is None:
-            object.__setattr__(self, "_module64", self.module(torch.float64))
+        module = self._module64
+        if module is None:
+            module = self.module(torch.float64)
+            object.__setattr__(self, "_module64", module)
         with torch.no_grad():
-            out = self._module64(torch.from_numpy(xs))
+            out = module(torch.from_numpy(xs))
         return np.asarray(out.numpy())
 
     def fingerprint(self) -> str:

@@ -169,7 +169,7 @@ class _Converter:
         ):
             at = len(self.items) - 2
         pend = self.items[at] if at is not None else None
-        if isinstance(pend, _Affine) and not _channelwise(pend):
+        if at is not None and isinstance(pend, _Affine) and not _channelwise(pend):
             del self.items[at]
             r = pend.rounded()
             s, t = r.scale.ravel(), r.shift.ravel()

@@ -216,7 +216,8 @@ def _fold_plan(network: Network, upto: int) -> dict[int, FloatArray]:
             weight_rule = LIPSCHITZ.rule(target, str(j)).weight
             if weight_rule is not None:
                 w = weight_rule(target, scale)
-                if np.all(np.isfinite(w)) and _fold_ok(w, target.weight, np.ones(1)):
+                raw = weight_rule(target, None)
+                if np.all(np.isfinite(w)) and _fold_ok(w, raw, np.ones(1)):
                     plan[j] = scale
         i = j
     return plan
