@@ -1,29 +1,39 @@
 """The soundness check every engine goes through, and engines that are broken on purpose.
 
 ``soundness_problems`` audits an engine's verdicts on one case: every CERTIFIED point must
-survive the exact MILP solver, PGD and sampling; every FALSIFIED witness must re-check. The
-broken engines reproduce published bug classes; tests use them to show the check can fail.
+survive the centre, sampling, PGD and the exact MILP solver; every FALSIFIED witness must
+re-check. Everything is judged on an independent reference: a numpy float64 forward pass on
+the IR's float64 arrays (``reference_forward``, not the library's torch modules) and exact
+rational region membership (``exactly_in``, no tolerance). The broken engines reproduce
+published bug classes; tests use them to show the check can fail.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from fractions import Fraction
 from typing import Any, ClassVar
 
 import attrs
 import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.lib.stride_tricks import sliding_window_view
 from verispec.solvers.base import SolverConfig
 from verispec.solvers.milp import MilpSolver
 
-from verispec.attacks import pgd_attack, sample_attack
-from verispec.audit import audit, goals_at
+import verispec.network as vn
 from verispec.engines.lipschitz import LipschitzBounds, LipschitzEngine
 from verispec.engines.projections import ProjectionsConfig
 from verispec.engines.smoothing import SmoothingConfig, SmoothingEngine
 from verispec.network import Network
-from verispec.properties import Goal
-from verispec.regions import Box, FloatArray, Norm
+from verispec.properties import Goal, Property
+from verispec.regions import Ball, Box, FloatArray, Norm, Polytope, Region
 from verispec.results import CheckResult, GuaranteeKind, Verdict
-from verispec.specs import LocalRobustness, Spec
+from verispec.specs import LocalRobustness, SafeOrdering, Spec
+
+BATCHNORM: type | None = getattr(vn, "BatchNorm", None)
+"""The IR's BatchNorm layer once the library has one (issue 12); None before."""
 
 EXACT_ENGINES = frozenset({"milp", "smt"})
 """Engines that wrap the exact solvers: they are the reference, not audited here."""
@@ -35,13 +45,421 @@ ENGINE_CONFIGS: dict[str, Any] = {
 """Test configuration per engine name (engines with usable defaults need no entry)."""
 
 
-def _attack(network: Network, goal: Goal, rng: np.random.Generator) -> FloatArray | None:
-    """A point refuting the goal (every alternative) found by sampling or PGD, or None."""
+# -- the reference: numpy float64 on the IR's own float64 arrays, exact region membership ----
+#
+# The library's own float64 pass goes through torch modules; the checker must not share a bug
+# with what it checks (issue 12: float32 parameters rounded the "float64" reference). Every
+# verdict here is judged by ``reference_forward`` and by exact (rational) region membership.
+
+
+def _channel_shape(ndim: int) -> tuple[int, ...]:
+    """Broadcast shape of a per-channel vector over a batch of ``ndim``-dimensional arrays."""
+    return (1, -1) + (1,) * (ndim - 2)
+
+
+def _np_dense(layer: Any, h: FloatArray) -> FloatArray:
+    return np.asarray(h @ np.asarray(layer.weight).T + layer.bias)
+
+
+def _windows(h: FloatArray, kernel: tuple[int, int], stride: tuple[int, int]) -> FloatArray:
+    """(n, c, oh, ow, kh, kw) windows of ``h`` (n, c, H, W), floor mode."""
+    win = sliding_window_view(h, kernel, axis=(2, 3))
+    return np.asarray(win[:, :, :: stride[0], :: stride[1]])
+
+
+def _np_conv2d(layer: Any, h: FloatArray) -> FloatArray:
+    ph, pw = layer.padding
+    padded = np.pad(h, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    win = _windows(padded, tuple(layer.weight.shape[2:]), layer.stride)
+    out = np.einsum("ncyxij,ocij->noyx", win, np.asarray(layer.weight))
+    return np.asarray(out + np.asarray(layer.bias).reshape(1, -1, 1, 1))
+
+
+def _np_groupsort(layer: Any, h: FloatArray) -> FloatArray:
+    n, c = h.shape[:2]
+    g = layer.group_size
+    grouped = h.reshape(n, c // g, g, *h.shape[2:])
+    return np.sort(grouped, axis=2).reshape(h.shape)
+
+
+def _np_normalize(layer: Any, h: FloatArray) -> FloatArray:
+    shape = _channel_shape(h.ndim)
+    return np.asarray((h - np.asarray(layer.mean).reshape(shape)) / layer.std.reshape(shape))
+
+
+def _np_avgpool(layer: Any, h: FloatArray) -> FloatArray:
+    return np.asarray(_windows(h, layer.kernel, layer.stride).mean(axis=(-2, -1)))
+
+
+def _np_batchnorm(layer: Any, h: FloatArray) -> FloatArray:
+    shape = _channel_shape(h.ndim)
+    return np.asarray(h * np.asarray(layer.scale).reshape(shape) + layer.shift.reshape(shape))
+
+
+Rule = Callable[[Any, FloatArray], FloatArray]
+REFERENCE_RULES: dict[type, Rule] = {
+    vn.Dense: _np_dense,
+    vn.Conv2d: _np_conv2d,
+    vn.ReLU: lambda layer, h: np.maximum(h, 0.0),
+    vn.GroupSort: _np_groupsort,
+    vn.Flatten: lambda layer, h: h.reshape(h.shape[0], -1),
+    vn.Normalize: _np_normalize,
+    vn.AvgPool2d: _np_avgpool,
+}
+"""The reference forward rule of every IR layer type (a test asserts the table is complete)."""
+if BATCHNORM is not None:
+    REFERENCE_RULES[BATCHNORM] = _np_batchnorm
+
+
+def reference_forward(network: Network, x: FloatArray) -> FloatArray:
+    """Float64 logits (n, m) of ``x`` (n, *input_shape) by numpy on the IR's float64 arrays."""
+    h = np.array(x, dtype=np.float64).reshape((-1, *network.input_shape))
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        for layer in network.layers:
+            rule = REFERENCE_RULES.get(type(layer))
+            if rule is None:
+                raise NotImplementedError(f"no reference rule for layer {layer.kind}")
+            h = rule(layer, h)
+    return h.reshape(h.shape[0], -1)
+
+
+def _torch_channel(a: FloatArray, ndim: int) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, dtype=np.float64)).reshape(_channel_shape(ndim))
+
+
+def _t(a: FloatArray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, dtype=np.float64))
+
+
+def _torch_groupsort(layer: Any, h: torch.Tensor) -> torch.Tensor:
+    g = layer.group_size
+    grouped = h.reshape(h.shape[0], h.shape[1] // g, g, *h.shape[2:])
+    return grouped.sort(dim=2).values.reshape(h.shape)
+
+
+TorchRule = Callable[[Any, torch.Tensor], torch.Tensor]
+TORCH_RULES: dict[type, TorchRule] = {
+    vn.Dense: lambda layer, h: F.linear(h, _t(layer.weight), _t(layer.bias)),
+    vn.Conv2d: lambda layer, h: F.conv2d(
+        h, _t(layer.weight), _t(layer.bias), layer.stride, layer.padding
+    ),
+    vn.ReLU: lambda layer, h: torch.relu(h),
+    vn.GroupSort: _torch_groupsort,
+    vn.Flatten: lambda layer, h: h.flatten(1),
+    vn.Normalize: lambda layer, h: (
+        (h - _torch_channel(layer.mean, h.dim())) / _torch_channel(layer.std, h.dim())
+    ),
+    vn.AvgPool2d: lambda layer, h: F.avg_pool2d(h, layer.kernel, layer.stride),
+}
+"""The same functions in torch float64 (differentiable: the attacks' gradients)."""
+if BATCHNORM is not None:
+    TORCH_RULES[BATCHNORM] = lambda layer, h: (
+        h * _torch_channel(layer.scale, h.dim()) + _torch_channel(layer.shift, h.dim())
+    )
+
+
+def torch_forward64(network: Network, x: torch.Tensor) -> torch.Tensor:
+    """Float64 logits of ``x`` (n, *input_shape) in torch, on the IR's float64 arrays."""
+    h = x
+    for layer in network.layers:
+        h = TORCH_RULES[type(layer)](layer, h)
+    return h.reshape(h.shape[0], -1)
+
+
+def _fractions(a: FloatArray) -> list[Fraction]:
+    return [Fraction(float(v)) for v in np.ravel(a)]
+
+
+def exactly_in(region: Region, x: FloatArray) -> bool:
+    """Whether ``x`` lies in the closed region, decided in exact rational arithmetic (no
+    tolerance: a witness 1e-15 outside a ball of radius 1e-12 is outside)."""
+    x = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        return False
+    if isinstance(region, Box):
+        return x.shape == region.lo.shape and bool(
+            np.all(region.lo <= x) and np.all(x <= region.hi)
+        )
+    if isinstance(region, Polytope):
+        if region.box is not None and not exactly_in(region.box, x):
+            return False
+        xs = _fractions(x)
+        for row, b in zip(region.A, region.b, strict=True):
+            if sum(
+                (Fraction(float(a)) * v for a, v in zip(row, xs, strict=True)), Fraction(0)
+            ) > Fraction(float(b)):
+                return False
+        return True
+    if region.domain is not None and not exactly_in(region.domain, x):
+        return False
+    diffs = [a - c for a, c in zip(_fractions(x), _fractions(region.center), strict=True)]
+    eps = Fraction(region.eps)
+    if region.norm is Norm.LINF:
+        return all(abs(d) <= eps for d in diffs)
+    return sum((d * d for d in diffs), Fraction(0)) <= eps * eps
+
+
+def excess(region: Region, x: FloatArray) -> float | None:
+    """None if ``x`` lies exactly in the region, else how far outside (relative to eps for a
+    ball, absolute for boxes and polytope rows)."""
+    if exactly_in(region, x):
+        return None
+    x = np.asarray(x, dtype=np.float64)
+    if isinstance(region, Ball):
+        d = (x - region.center).ravel()
+        dist = float(np.max(np.abs(d))) if region.norm is Norm.LINF else _scaled_norm(d)
+        if dist > region.eps:
+            return (dist - region.eps) / region.eps if region.eps > 0 else dist
+        if region.domain is not None:
+            return excess(region.domain, x)
+        return float(np.finfo(float).eps)  # outside by less than float64 resolves
+    box = region if isinstance(region, Box) else region.box
+    worst = 0.0
+    if box is not None:
+        worst = float(max(np.max(box.lo - x), np.max(x - box.hi), 0.0))
+    if isinstance(region, Polytope):
+        worst = max(worst, float(np.max(region.A @ x.ravel() - region.b)))
+    return worst
+
+
+def _scaled_norm(d: FloatArray) -> float:
+    """||d||_2 without underflow or overflow of the squares."""
+    s = float(np.max(np.abs(d))) if d.size else 0.0
+    return 0.0 if s == 0.0 else s * float(np.linalg.norm(d / s))
+
+
+def into_region(region: Region, x: FloatArray) -> FloatArray:
+    """``x`` moved into the region where a rounding error left it just outside: clipped to boxes,
+    pulled towards a ball's centre by a few ulps (polytope constraints are left as they are)."""
+    x = np.array(x, dtype=np.float64)
+    if isinstance(region, Box):
+        return np.asarray(np.clip(x, region.lo, region.hi))
+    if isinstance(region, Polytope):
+        return x if region.box is None else into_region(region.box, x)
+    c, eps = region.center, region.eps
+    ball = Ball(c, eps, region.norm)
+    if region.norm is Norm.LINF:
+        x = np.clip(x, c - eps, c + eps)
+        for _ in range(8):
+            if exactly_in(ball, x):
+                break
+            flat, cf = x.reshape(-1), c.reshape(-1)
+            for i in range(flat.size):
+                if abs(Fraction(float(flat[i])) - Fraction(float(cf[i]))) > Fraction(eps):
+                    flat[i] = np.nextafter(flat[i], cf[i])
+    else:
+        d = x - c
+        n = _scaled_norm(d)
+        if n > eps:
+            d = d * (eps / n)
+        for k in range(8):
+            if exactly_in(ball, c + d):
+                break
+            d = d * (1.0 - 2.0**-52 * 4.0**k)
+        x = c + d
+    return x if region.domain is None else into_region(region.domain, x)
+
+
+def is_counterexample(network: Network, goal: Goal, x: FloatArray) -> bool:
+    """Whether ``x`` refutes every alternative of the goal: it lies exactly in each region and
+    the reference float64 logits violate each predicate. (A goal without alternatives fails at
+    its point: any x does.)"""
+    y = reference_forward(network, np.asarray(x)[None])
+    if not np.all(np.isfinite(y)):
+        return False
+    return all(exactly_in(p.region, x) and not p.predicate.holds(y)[0] for p in goal.alternatives)
+
+
+def reference_goals(network: Network, spec: Spec, xs: FloatArray, domain: Box | None) -> list[Goal]:
+    """The goal of ``spec`` at each point, its predicted class from the reference logits (one
+    global goal for a safe-ordering spec)."""
+    if isinstance(spec, SafeOrdering):
+        return [Goal((spec.as_property(),))]
+    logits = reference_forward(network, xs)
+    return [spec.at(x, y, domain) for x, y in zip(xs, logits, strict=True)]
+
+
+def _covers_domain(region: Ball) -> bool:
+    """Whether the ball contains its whole domain (then the region *is* the domain)."""
+    dom = region.domain
+    if dom is None:
+        return False
+    far = np.maximum(np.abs(dom.hi - region.center), np.abs(region.center - dom.lo)).ravel()
+    reach = float(far.max()) if region.norm is Norm.LINF else _scaled_norm(far) * (1 + 1e-12)
+    return region.eps >= reach
+
+
+def search_region(region: Region) -> Region:
+    """The same set in a form the attacks and the MILP solver handle well: a ball holding its
+    whole domain (eps 1e300) is the domain box."""
+    if isinstance(region, Ball) and _covers_domain(region):
+        assert region.domain is not None
+        return region.domain
+    return region
+
+
+def _simplified(goal: Goal) -> Goal:
+    return Goal(tuple(Property(search_region(p.region), p.predicate) for p in goal.alternatives))
+
+
+# -- refuting a goal: sampling and PGD on the reference, then the exact MILP solver ------------
+
+
+def _corners(lo: FloatArray, hi: FloatArray, n: int, rng: np.random.Generator) -> FloatArray:
+    pick = rng.integers(0, 2, size=(n, *lo.shape)).astype(bool)
+    return np.where(pick, hi, lo)
+
+
+def sample_points(region: Region, n: int, rng: np.random.Generator) -> FloatArray:
+    """``n`` points (n, *shape) of (or, after rounding, next to) the region: uniform, with box
+    corners and the surface of l2 balls over-represented; a polytope is sampled in its box."""
+    region = search_region(region)
+    if isinstance(region, Polytope):
+        if region.box is None:
+            return np.zeros((0, region.A.shape[1]))
+        region = region.box
+    if isinstance(region, Ball) and region.norm is Norm.LINF:
+        lo, hi = region.center - region.eps, region.center + region.eps
+        if region.domain is not None:
+            lo, hi = np.maximum(lo, region.domain.lo), np.minimum(hi, region.domain.hi)
+        region = Box(lo, hi)
+    if isinstance(region, Box):
+        pts = rng.uniform(region.lo, region.hi, size=(n, *region.lo.shape))
+        pts[: n // 4] = _corners(region.lo, region.hi, n // 4, rng)
+        return np.asarray(pts)
+    shape = region.center.shape
+    d = rng.standard_normal((n, int(np.prod(shape))))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    radii = region.eps * rng.uniform(0, 1, size=(n, 1)) ** (1 / d.shape[1])
+    radii[: n // 4] = region.eps
+    pts = region.center + (d * radii).reshape((n, *shape))
+    return pts if region.domain is None else region.domain.clip(pts)
+
+
+def _slack(prop: Property, y: torch.Tensor) -> torch.Tensor:
+    """Differentiable predicate slack (n,): max over clauses of min over atoms."""
+    per_clause = [
+        (y @ _t(clause.C).T + _t(clause.d)).min(dim=1).values for clause in prop.predicate.clauses
+    ]
+    return torch.stack(per_clause, dim=1).max(dim=1).values
+
+
+def _project(region: Region, x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` mapped into the region (a polytope: into its box)."""
+    if isinstance(region, Polytope):
+        return x if region.box is None else _project(region.box, x)
+    if isinstance(region, Box):
+        return torch.maximum(torch.minimum(x, _t(region.hi)), _t(region.lo))
+    c = _t(region.center)
+    d = x - c
+    if region.norm is Norm.LINF:
+        d = d.clamp(-region.eps, region.eps)
+    else:
+        flat = d.flatten(1)
+        s = flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-300)
+        norms = (flat / s).norm(dim=1, keepdim=True) * s
+        d = (flat * torch.clamp(region.eps / norms.clamp_min(1e-300), max=1.0)).reshape(d.shape)
+    x = c + d
+    return x if region.domain is None else _project(region.domain, x)
+
+
+def pgd_points(
+    network: Network, prop: Property, rng: np.random.Generator, steps: int = 30, restarts: int = 4
+) -> FloatArray:
+    """End points (restarts, *shape) of PGD minimising the predicate's slack on the reference
+    network (sign steps in boxes and l_inf balls, normalised steps in l2 balls; the step does not
+    depend on the scale of the logits)."""
+    clauses = prop.predicate.clauses
+    region = search_region(prop.region)
+    if not clauses or any(c.C.shape[0] == 0 for c in clauses) or restarts == 0:
+        return np.zeros((0, *network.input_shape))
+    start = sample_points(region, restarts, rng)
+    if not len(start):
+        return start
+    if isinstance(region, Ball):
+        start[0] = region.center
+    box = region.box if isinstance(region, Polytope) else region
+    l2 = isinstance(box, Ball) and box.norm is Norm.L2
+    if isinstance(box, Ball):
+        half = torch.full(network.input_shape, box.eps, dtype=torch.float64)
+    else:
+        assert box is not None
+        half = _t((box.hi - box.lo) / 2)
+    x = torch.tensor(start, requires_grad=True)
+    for step in range(steps):
+        (grad,) = torch.autograd.grad(_slack(prop, torch_forward64(network, x)).sum(), x)
+        rate = 2.5 / steps * (1.0 if step < steps // 2 else 0.5)
+        with torch.no_grad():
+            if l2:
+                g = grad.flatten(1)
+                g = g / g.abs().amax(dim=1, keepdim=True).clamp_min(1e-300)
+                g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-300)
+                x = x - rate * float(half.max()) * g.reshape(x.shape)
+            else:
+                x = x - rate * half * grad.sign()
+            x = _project(region, x)
+        x.requires_grad_(True)
+    return np.asarray(x.detach().numpy())
+
+
+def first_counterexample(
+    network: Network, goal: Goal, candidates: FloatArray, limit: int = 32
+) -> FloatArray | None:
+    """The first candidate that, moved into the region past rounding, refutes the goal."""
+    if not goal.alternatives or not len(candidates):
+        return None
+    home = goal.alternatives[0].region
+    ys = reference_forward(network, candidates)
+    bad = np.ones(len(candidates), dtype=bool)
     for prop in goal.alternatives:
-        for w in (sample_attack(network, prop, 300, rng), pgd_attack(network, prop, rng, 30, 4)):
-            if w is not None and goal.is_counterexample(w, network.forward64(w[None])[0]):
-                return w
+        bad &= ~prop.predicate.holds(ys)
+    for i in np.flatnonzero(bad)[:limit]:
+        w = into_region(home, candidates[i])
+        if is_counterexample(network, goal, w):
+            return w
     return None
+
+
+def refute(
+    network: Network,
+    goal: Goal,
+    rng: np.random.Generator,
+    samples: int = 256,
+    steps: int = 30,
+    restarts: int = 4,
+) -> FloatArray | None:
+    """A point refuting the goal (every alternative) found at the centre, by sampling or by
+    PGD, checked on the reference; or None."""
+    if not goal.alternatives:
+        return None
+    shape = network.input_shape
+    cands = []
+    home = goal.alternatives[0].region
+    if isinstance(home, Ball):
+        cands.append(np.asarray(home.center).reshape((1, *shape)))
+    for prop in goal.alternatives:
+        cands.append(sample_points(prop.region, samples, rng).reshape((-1, *shape)))
+        cands.append(pgd_points(network, prop, rng, steps, restarts).reshape((-1, *shape)))
+    return first_counterexample(network, goal, np.concatenate(cands))
+
+
+_attack = refute  # the name older tests use
+
+
+def solver_refutation(
+    solver: Any, network: Network, goal: Goal, timeout: float
+) -> tuple[FloatArray | None, str]:
+    """The exact solver's witness against the goal if it re-checks on the reference (else
+    None), and the solver's verdict in words."""
+    if not goal.alternatives:
+        return None, "no alternative"
+    res = solver.solve_goal(network, _simplified(goal), timeout)
+    if res.counterexample is None:
+        return None, f"{res.verdict.value} ({res.detail})"
+    w = into_region(goal.alternatives[0].region, np.asarray(res.counterexample))
+    if is_counterexample(network, goal, w):
+        return w, f"{res.verdict.value} ({res.detail})"
+    return None, f"{res.verdict.value} with a witness that fails the reference re-check"
 
 
 def soundness_problems(
@@ -52,21 +470,74 @@ def soundness_problems(
     domain: Box | None,
     seed: int = 0,
     timeout: float = 60.0,
+    solver: Any | None = None,
+    use_solver: bool = True,
 ) -> list[str]:
-    """Every reason the engine's verdicts on this case are unsound (empty when sound)."""
-    solver = MilpSolver(SolverConfig(timeout=timeout, seed=seed))
-    report = audit(engine, solver, network, spec, xs, None, domain, timeout)
-    problems = [f"{v.kind.value} at point {v.index}: {v.detail}" for v in report.violations]
+    """Every reason the engine's verdicts on this case are unsound (empty when sound).
+
+    Judged on the reference (``reference_forward``, exact membership): a FALSIFIED witness must
+    refute the goal; a CERTIFIED goal must survive the centre, sampling, PGD and (with
+    ``use_solver``) the exact MILP solver (or ``solver``), whose witness is re-checked too; a
+    certified local-robustness point must have the reference's predicted class."""
+    solver = solver or MilpSolver(SolverConfig(timeout=timeout, seed=seed))
+    ordering = isinstance(spec, SafeOrdering)
+    shape = network.input_shape
+    xs = np.zeros((0, *shape)) if ordering else np.asarray(xs, np.float64).reshape((-1, *shape))
+    claims = engine.check(network, spec, xs, None, domain)
+    if is_probabilistic(claims):
+        raise ValueError(f"{engine.name} is probabilistic: check it statistically")
+    goals = reference_goals(network, spec, xs, domain)
+    logits = reference_forward(network, xs) if len(xs) else np.zeros((0, network.num_classes))
     rng = np.random.default_rng(seed)
-    points = report.engine_results
-    for i, (goal, claim) in enumerate(
-        zip(goals_at(network, spec, xs, domain), points, strict=True)
-    ):
-        if claim.verdict is Verdict.CERTIFIED and goal.alternatives:
-            w = _attack(network, goal, rng)
-            if w is not None:
-                problems.append(f"point {i}: certified, but an attack refutes it at {w}")
+    problems = []
+    for i, (goal, claim) in enumerate(zip(goals, claims, strict=True)):
+        where = (
+            "the safe ordering"
+            if ordering
+            else f"point {i} {xs[i].ravel().tolist()} (logits {logits[i].tolist()})"
+        )
+        if claim.verdict is Verdict.FALSIFIED:
+            w = claim.counterexample
+            if w is None:
+                problems.append(f"{where}: falsified without a witness")
+            elif not goal.alternatives:
+                assert not isinstance(spec, SafeOrdering)
+                if not exactly_in(Ball(xs[i], spec.eps, spec.norm, domain), w):
+                    problems.append(f"{where}: the witness {w.tolist()} is outside the ball")
+            elif not is_counterexample(network, goal, w):
+                y = reference_forward(network, np.asarray(w)[None])[0]
+                out = excess(goal.alternatives[0].region, np.asarray(w))
+                place = "in the region" if out is None else f"OUTSIDE the region by {out:.3g}"
+                problems.append(
+                    f"{where}: bad witness {np.asarray(w).ravel().tolist()} ({claim.detail}): "
+                    f"{place}, reference logits {y.tolist()}"
+                )
+        if claim.verdict is not Verdict.CERTIFIED:
+            continue
+        if not goal.alternatives:
+            problems.append(f"{where}: certified, but the spec fails at the point itself")
+            continue
+        predicted = claim.predicted
+        if isinstance(spec, LocalRobustness) and predicted not in (None, int(np.argmax(logits[i]))):
+            problems.append(f"{where}: certified class {claim.predicted}, the reference's differs")
+        w = refute(network, goal, rng)
+        how = "an attack"
+        if w is None and use_solver:
+            w, how = solver_refutation(solver, network, goal, timeout)
+            how = f"{solver.name}: {how}"
+        if w is not None:
+            y = reference_forward(network, w[None])[0]
+            problems.append(
+                f"{where}: certified ({claim.detail}), but {how} refutes it at "
+                f"{w.tolist()} (reference logits {y.tolist()})"
+            )
     return problems
+
+
+def assert_sound(*args: Any, **kwargs: Any) -> None:
+    """``soundness_problems(*args, **kwargs)`` is empty; the message lists every problem."""
+    problems = soundness_problems(*args, **kwargs)
+    assert not problems, "\n".join(problems)
 
 
 class ScaledKEngine(LipschitzEngine):
@@ -165,7 +636,7 @@ def probabilistic_wrong_certificates(engine: Any, cases: int, seed: int = 0) -> 
         if res.verdict is Verdict.CERTIFIED:
             certified += 1
             g = 0 if w @ x + b > 0 else 1
-            wrong += res.predicted != g or true_radius <= eps
+            wrong += int(res.predicted != g or true_radius <= eps)
     return wrong, certified
 
 

@@ -3,14 +3,19 @@ random, near-degenerate and adversarial weights), points and specifications."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import attrs
 import numpy as np
 from hypothesis import strategies as st
 from torch import nn
 
+import verispec.network as vn
+from tests.soundness import BATCHNORM, reference_forward
 from verispec.layers import GroupSort, MinMax
 from verispec.network import Network
 from verispec.properties import Clause, Predicate
-from verispec.regions import Ball, Box, Norm, Polytope
+from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
 from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, SafeOrdering
 
 WEIGHT_SCALES = (1e-6, 0.1, 0.5, 1.0, 3.0)
@@ -25,6 +30,16 @@ def _weights(
     elif style == "zero_row":
         w[0] = 0.0
     return w
+
+
+def _fill(target: Any, value: FloatArray) -> None:
+    """Copy ``value`` into a parameter or buffer (torch types them as optional)."""
+    import torch
+
+    if target is None:
+        raise ValueError("the module has no such parameter")
+    with torch.no_grad():
+        target.copy_(torch.from_numpy(np.asarray(value)))
 
 
 def _linear(rng: np.random.Generator, n_in: int, n_out: int, scale: float, style: str) -> nn.Linear:
@@ -79,7 +94,7 @@ def conv_networks(draw: st.DrawFn) -> Network:
     conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad)
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(rng.standard_normal(conv.weight.shape) * 0.5))
-        conv.bias.copy_(torch.from_numpy(rng.standard_normal(c_out) * 0.1))
+        _fill(conv.bias, rng.standard_normal(c_out) * 0.1)
     out = (side + 2 * pad - k) // stride + 1
     classes = draw(st.integers(2, 3))
     head = _linear(rng, c_out * out * out, classes, 1.0, "random")
@@ -160,7 +175,7 @@ def image_networks(draw: st.DrawFn) -> Network:
     conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad)
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(rng.standard_normal(conv.weight.shape) * 0.5))
-        conv.bias.copy_(torch.from_numpy(rng.standard_normal(c_out) * 0.1))
+        _fill(conv.bias, rng.standard_normal(c_out) * 0.1)
     norm = Normalize(
         torch.from_numpy(rng.uniform(0.2, 0.6, c_in)), torch.from_numpy(rng.uniform(0.2, 1.0, c_in))
     )
@@ -267,6 +282,7 @@ def safe_orderings(draw: st.DrawFn, n_in: int, num_classes: int) -> SafeOrdering
     """A safe-ordering spec with a box or a polytope (with a box) precondition, sometimes
     restricted to inputs predicted in a set of classes."""
     pre = draw(regions(n_in, ("box", "polytope")))
+    assert not isinstance(pre, Ball)
     post = draw(orderings(num_classes))
     predicted = draw(
         st.one_of(
@@ -309,7 +325,7 @@ def tiny_conv_networks(draw: st.DrawFn) -> Network:
     conv = nn.Conv2d(1, 2, 2)
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(rng.standard_normal(conv.weight.shape) * 0.7))
-        conv.bias.copy_(torch.from_numpy(rng.standard_normal(2) * 0.1))
+        _fill(conv.bias, rng.standard_normal(2) * 0.1)
     act = _activation(draw(st.sampled_from(["relu", "minmax"])))
     head = _linear(rng, 8, draw(st.integers(2, 3)), 1.0, "random")
     return Network.from_torch(nn.Sequential(conv, act, nn.Flatten(), head), (1, 3, 3))
@@ -326,7 +342,7 @@ def near_tie(network: Network, seed: int) -> np.ndarray:
     bisection between two points with different predictions; a random point if none differ."""
     rng = np.random.default_rng(seed)
     cands = rng.uniform(0, 1, (64, *network.input_shape))
-    labels = network.forward64(cands).argmax(axis=1)
+    labels = reference_forward(network, cands).argmax(axis=1)
     other = np.flatnonzero(labels != labels[0])
     if other.size == 0:
         return cands[0]
@@ -334,7 +350,7 @@ def near_tie(network: Network, seed: int) -> np.ndarray:
     la = labels[0]
     for _ in range(60):
         mid = (a + b) / 2
-        if network.forward64(mid[None])[0].argmax() == la:
+        if reference_forward(network, mid[None])[0].argmax() == la:
             a = mid
         else:
             b = mid
@@ -361,3 +377,324 @@ def soundness_points(network: Network, count: int = 3) -> st.SearchStrategy[np.n
         return np.stack(out)
 
     return st.integers(0, 2**32 - 1).map(make)
+
+
+# -- issue 12: the classes the suite never generated ---------------------------------------------
+#
+# Structure (which layers, where, which scale, which weight style) is drawn by hypothesis, so a
+# failure shrinks to a readable example; only the matrix entries come from a seed.
+
+BATCHNORM_AVAILABLE = BATCHNORM is not None
+"""BatchNorm layers join the generated networks once the IR has them."""
+
+LAYER_SCALES = (1.0, 1e-8, 1e-3, 1e3, 1e8)
+"""Per-layer weight scales: five 1e-8 layers make float32 logits subnormal."""
+HEAD_SCALES = (1.0, 1e-170, 1e-30, 1e-8, 1e3, 1e30)
+"""Last-layer scales: 1e-170 underflows every squared norm, 1e30 overflows float32 products."""
+STDS = (0.1, 0.01, 1e-3, -0.1, 3.0)
+"""Normalisation std: small ones make 1/std large (the bug only shows then); negative too."""
+ROUNDING_OFFSETS = (0.0, 1e-9, -2e-8, 3e-8, 1e-7)
+"""Relative offsets below (or at) float32 resolution: 1 + 1e-9, 1 - 2e-8, 10000.0003."""
+WEIGHT_STYLES = ("random", "identity", "unrepresentable", "near_duplicate", "duplicate", "zero_row")
+HEAD_STYLES = (*WEIGHT_STYLES, "tied", "zero")
+BIAS_STYLES = ("random", "zero", "near_tie")
+
+
+def _hard_weight(
+    rng: np.random.Generator, shape: tuple[int, ...], scale: float, style: str
+) -> FloatArray:
+    """A weight (out, ...) of the given style, times ``scale``, in float64 exactly."""
+    out = shape[0]
+    fan_in = int(np.prod(shape[1:]))
+    w = rng.standard_normal(shape) / np.sqrt(fan_in)
+    if style == "identity":
+        w = np.eye(out, fan_in).reshape(shape)
+    elif style == "unrepresentable":
+        base = rng.choice([1.0, 0.5, -1.0, 10000.0], size=shape)
+        w = base * (1.0 + rng.choice(ROUNDING_OFFSETS, size=shape))
+    elif style == "near_duplicate" and out > 1:
+        w[1] = w[0] * (1.0 + rng.choice(ROUNDING_OFFSETS[1:], size=shape[1:]))
+    elif style in ("duplicate", "tied") and out > 1:
+        w[1] = w[0]
+    elif style == "zero_row":
+        w[0] = 0.0
+    elif style == "zero":
+        w[:] = 0.0
+    return np.asarray(w * scale)
+
+
+def _hard_bias(rng: np.random.Generator, n: int, scale: float, style: str) -> FloatArray:
+    """A bias: random, zero, or (``near_tie``) filled in later from the logits at the centre."""
+    if style == "random":
+        return np.asarray(rng.standard_normal(n) * 0.1 * scale)
+    return np.zeros(n)
+
+
+def _near_tie_bias(
+    layers: list[Any], input_shape: tuple[int, ...], rng: np.random.Generator
+) -> list[Any]:
+    """Replace the last dense layer's bias so that the logits at the domain's centre agree up to
+    relative offsets of 1e-9 .. 1e-7 (decisions then hinge on float32-invisible digits)."""
+    body = Network(tuple(layers[:-1]), input_shape) if len(layers) > 1 else None
+    x = np.full((1, *input_shape), 0.5)
+    h = reference_forward(body, x)[0] if body is not None else x.ravel()
+    head = layers[-1]
+    z = head.weight @ h
+    mid = float(np.mean(z))
+    offsets = rng.choice(ROUNDING_OFFSETS, size=z.size) * max(abs(mid), float(np.abs(z).max()))
+    return [*layers[:-1], vn.Dense(head.weight, mid - z + offsets)]
+
+
+def _normalize_layer(draw: st.DrawFn, rng: np.random.Generator, channels: int) -> vn.Normalize:
+    """Normalize with per-channel (or one shared) mean and a drawn, often small, std."""
+    std = draw(st.sampled_from(STDS))
+    count = draw(st.sampled_from([channels, 1]))
+    mean = rng.uniform(0.0, 1.0, count)
+    stds = std * rng.uniform(0.5, 1.5, count) if count > 1 else np.array([std])
+    return vn.Normalize(mean, stds)
+
+
+def _batchnorm_layer(draw: st.DrawFn, rng: np.random.Generator, channels: int, dims: int) -> Any:
+    """An eval-mode ``nn.BatchNorm1d/2d`` (random running stats, affine weight and bias, small
+    variances now and then) converted by ``Network.from_torch``."""
+    import torch
+
+    var_scale = draw(st.sampled_from([1.0, 1e-4, 1e-2, 10.0]))
+    module = (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(channels).double()
+    with torch.no_grad():
+        _fill(module.running_mean, rng.uniform(-1.0, 1.0, channels))
+        _fill(module.running_var, var_scale * rng.uniform(0.5, 2.0, channels))
+        module.weight.copy_(
+            torch.from_numpy(rng.choice([-1.0, 1.0], channels) * rng.uniform(0.1, 2.0, channels))
+        )
+        module.bias.copy_(torch.from_numpy(rng.standard_normal(channels) * 0.1))
+    module.eval()
+    if dims == 1:
+        return Network.from_torch(nn.Sequential(module), (channels,)).layers[0]
+    return Network.from_torch(nn.Sequential(module, nn.Flatten()), (channels, 1, 1)).layers[0]
+
+
+def _maybe_batchnorm(
+    draw: st.DrawFn, rng: np.random.Generator, channels: int, dims: int
+) -> list[Any]:
+    if BATCHNORM_AVAILABLE and draw(st.booleans()):
+        return [_batchnorm_layer(draw, rng, channels, dims)]
+    return []
+
+
+def _maybe_normalize(draw: st.DrawFn, rng: np.random.Generator, channels: int) -> list[Any]:
+    return [_normalize_layer(draw, rng, channels)] if draw(st.booleans()) else []
+
+
+def _activation_layers(kind: str, width: int) -> list[Any]:
+    if kind == "relu":
+        return [vn.ReLU()]
+    if kind == "minmax" and width % 2 == 0:
+        return [vn.GroupSort(2)]
+    return []
+
+
+def _head(
+    draw: st.DrawFn, rng: np.random.Generator, width: int, classes: int
+) -> tuple[vn.Dense, str]:
+    style = draw(st.sampled_from(HEAD_STYLES))
+    scale = draw(st.sampled_from(HEAD_SCALES))
+    bias_style = draw(st.sampled_from(BIAS_STYLES))
+    w = _hard_weight(rng, (classes, width), scale, style)
+    b = _hard_bias(rng, classes, scale, bias_style)
+    if style == "tied":
+        b[1] = b[0]
+    return vn.Dense(w, b), bias_style
+
+
+def _finish(
+    draw: st.DrawFn,
+    rng: np.random.Generator,
+    layers: list[Any],
+    width: int,
+    input_shape: tuple[int, ...],
+) -> Network:
+    """Append [Normalize] [BatchNorm] [linear chain] head [Normalize] and build the network."""
+    classes = draw(st.integers(2, 4))
+    layers += _maybe_batchnorm(draw, rng, width, 1)
+    for _ in range(draw(st.integers(0, 4))):  # a linear chain: e.g. five 1e-8 I layers in all
+        scale = draw(st.sampled_from(LAYER_SCALES))
+        style = draw(st.sampled_from(["identity", "random"]))
+        layers.append(vn.Dense(_hard_weight(rng, (width, width), scale, style), np.zeros(width)))
+    layers += _maybe_normalize(draw, rng, width)  # directly before the head
+    head, bias_style = _head(draw, rng, width, classes)
+    layers.append(head)
+    if bias_style == "near_tie":
+        layers = _near_tie_bias(layers, input_shape, rng)
+    if draw(st.integers(0, 9)) == 0:  # after the head: no final dense layer
+        layers += [_normalize_layer(draw, rng, classes)]
+    return Network(tuple(layers), input_shape)
+
+
+@st.composite
+def hard_dense_networks(draw: st.DrawFn, max_hidden: int = 12) -> Network:
+    """An MLP mixing the issue-12 classes: Normalize anywhere (small std, also directly before
+    the head), BatchNorm (when the IR has it), float32-unrepresentable weights, near-duplicate,
+    duplicated and zero rows, tied or identical head rows, extreme per-layer and head scales and
+    linear chains of scaled layers; at most ``max_hidden`` hidden units."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_in = draw(st.integers(1, 4))
+    act = draw(st.sampled_from(["relu", "minmax", "none"]))
+    widths = draw(st.lists(st.sampled_from([2, 4]), max_size=2))
+    layers: list[Any] = []
+    width = n_in
+    for new in widths[: 2 if sum(widths) <= max_hidden else 1]:
+        layers += _maybe_normalize(draw, rng, width)
+        scale = draw(st.sampled_from(LAYER_SCALES))
+        style = draw(st.sampled_from(WEIGHT_STYLES))
+        bias = _hard_bias(rng, new, scale, draw(st.sampled_from(BIAS_STYLES[:2])))
+        layers.append(vn.Dense(_hard_weight(rng, (new, width), scale, style), bias))
+        layers += _maybe_batchnorm(draw, rng, new, 1)
+        layers += _activation_layers(act, new)
+        width = new
+    return _finish(draw, rng, layers, width, (n_in,))
+
+
+@st.composite
+def hard_conv_networks(draw: st.DrawFn, max_hidden: int = 12) -> Network:
+    """[Normalize] Conv2d [BatchNorm] [Normalize] [activation] [AvgPool] Flatten ... head on a
+    1x1 to 3x3 image, with the weight styles and scales of ``hard_dense_networks`` (e.g. a 1x1
+    convolution with kernels 10000.0003 and 10000)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    c_in = draw(st.integers(1, 2))
+    side = draw(st.integers(1, 3))
+    k = draw(st.integers(1, min(2, side)))
+    stride = draw(st.integers(1, 2))
+    c_out = 2
+    out = (side - k) // stride + 1
+    if c_out * out * out > max_hidden:
+        stride, out = 2, (side - k) // 2 + 1
+    act = draw(st.sampled_from(["relu", "minmax", "none"]))
+    layers: list[Any] = _maybe_normalize(draw, rng, c_in)
+    scale = draw(st.sampled_from(LAYER_SCALES))
+    style = draw(st.sampled_from(WEIGHT_STYLES))
+    weight = _hard_weight(rng, (c_out, c_in, k, k), scale, style)
+    bias = _hard_bias(rng, c_out, scale, draw(st.sampled_from(BIAS_STYLES[:2])))
+    layers.append(vn.Conv2d(weight, bias, stride, 0))
+    layers += _maybe_batchnorm(draw, rng, c_out, 2)  # right after the convolution
+    layers += _maybe_normalize(draw, rng, c_out)
+    layers += _activation_layers(act, c_out)
+    if out >= 2 and draw(st.booleans()):
+        layers.append(vn.AvgPool2d(2, 1))
+        out -= 1
+    layers.append(vn.Flatten())
+    return _finish(draw, rng, layers, c_out * out * out, (c_in, side, side))
+
+
+def hard_networks() -> st.SearchStrategy[Network]:
+    """The issue-12 networks: dense and convolutional (small enough for the exact solvers)."""
+    return st.one_of(hard_dense_networks(), hard_conv_networks())
+
+
+def _relative_gap(network: Network, x: FloatArray, label: int) -> float:
+    """(y_label - max other) / max(|y_label|, |other|) on the reference logits."""
+    y = reference_forward(network, x[None])[0]
+    other = float(np.max(np.delete(y, label)))
+    scale = max(abs(float(y[label])), abs(other))
+    return (float(y[label]) - other) / scale if scale > 0 else 0.0
+
+
+def boundary_point(network: Network, seed: int, gap: float = 0.0) -> FloatArray:
+    """A point of [0, 1]^input where the top class leads by relative ``gap`` on the reference
+    logits (``gap`` 0: on the decision boundary, to the last bit: bisection down to adjacent
+    floats), between two random points with different predictions; random if none differ."""
+    rng = np.random.default_rng(seed)
+    cands = rng.uniform(0, 1, (64, *network.input_shape))
+    cands[:8] = _corners(np.zeros(network.input_shape), np.ones(network.input_shape), 8, rng)
+    labels = reference_forward(network, cands).argmax(axis=1)
+    other = np.flatnonzero(labels != labels[0])
+    if other.size == 0:
+        return np.asarray(cands[-1])
+    a, b, la = cands[0], cands[other[0]], int(labels[0])
+    for _ in range(2000):
+        mid = (a + b) / 2
+        if np.array_equal(mid, a) or np.array_equal(mid, b):
+            break
+        if _relative_gap(network, mid, la) > gap:
+            a = mid
+        else:
+            b = mid
+    if gap > 0:
+        return np.asarray(a)
+    return np.asarray(min((a, b), key=lambda p: abs(_relative_gap(network, p, la))))
+
+
+def _corners(lo: FloatArray, hi: FloatArray, n: int, rng: np.random.Generator) -> FloatArray:
+    pick = rng.integers(0, 2, size=(n, *lo.shape)).astype(bool)
+    return np.where(pick, hi, lo)
+
+
+POINT_KINDS = ("random", "tie_1e-9", "boundary", "tiny", "snapped")
+TINY_COORDINATES = (1e-24, 3e-24, 1e-12, 1e-300, 0.0)
+
+
+def hard_points(network: Network, count: int = 3) -> st.SearchStrategy[FloatArray]:
+    """``count`` points of [0, 1]^input: random, top two logits 1e-9 apart (relative), exactly
+    on a decision boundary, with coordinates near 1e-24 (or 1e-300, 0), or snapped to 0/0.5/1."""
+
+    def make(kinds: list[str], seed: int) -> FloatArray:
+        rng = np.random.default_rng(seed)
+        out = []
+        for i, kind in enumerate(kinds):
+            if kind == "tie_1e-9":
+                out.append(boundary_point(network, seed + i, 1e-9))
+                continue
+            if kind == "boundary":
+                out.append(boundary_point(network, seed + i))
+                continue
+            x = rng.uniform(0, 1, network.input_shape)
+            if kind in ("tiny", "snapped"):
+                values = TINY_COORDINATES if kind == "tiny" else (0.0, 0.5, 1.0)
+                mask = rng.random(network.input_shape) < 0.7
+                x = np.where(mask, rng.choice(values, size=network.input_shape), x)
+                if kind == "tiny":
+                    x = np.where(mask, x * rng.uniform(0.5, 2.0, x.shape), x)
+            out.append(x)
+        return np.stack(out)
+
+    kinds = st.lists(st.sampled_from(POINT_KINDS), min_size=count, max_size=count)
+    return st.builds(make, kinds, st.integers(0, 2**32 - 1))
+
+
+hard_epsilons = st.sampled_from([0.05, 1e-12, 1e-9, 1e-6, 1e-3, 0.3, 1.0, 3.0, 1e300])
+"""Tiny (a ball of radius 1e-12 on a boundary), ordinary and huge (1e300: the whole domain)."""
+
+
+@st.composite
+def hard_point_specs(
+    draw: st.DrawFn,
+    num_classes: int,
+    kinds: tuple[str, ...] = ("LocalRobustness", "RelaxedTopK", "Affinity"),
+) -> LocalRobustness | RelaxedTopK | Affinity:
+    """``point_specs`` with the eps of ``hard_epsilons``."""
+    spec = draw(point_specs(num_classes, kinds))
+    return attrs.evolve(spec, eps=draw(hard_epsilons))
+
+
+@st.composite
+def hard_safe_orderings(draw: st.DrawFn, network: Network) -> SafeOrdering:
+    """A safe ordering whose precondition is a box (half-widths 1e-12 .. 1, possibly on a
+    decision boundary) or a polytope around a hard point."""
+    n_in, classes = network.input_size, network.num_classes
+    (centre,) = draw(hard_points(network, 1))
+    c = centre.ravel()
+    r = draw(st.sampled_from([0.05, 1e-12, 1e-6, 0.3, 1.0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    shape = network.input_shape
+    pre: Box | Polytope
+    if draw(st.booleans()):
+        widths = rng.uniform(0.2, 1.0, n_in)
+        pre = Box((c - r * widths).reshape(shape), (c + r * widths).reshape(shape))
+    else:
+        A = rng.standard_normal((draw(st.integers(1, 3)), n_in))
+        b = A @ c + rng.uniform(0.0, 0.5 * r, A.shape[0]) * np.linalg.norm(A, axis=1)
+        pre = Polytope(A, b, Box((c - r).reshape(shape), (c + r).reshape(shape)))
+    predicted = draw(
+        st.one_of(st.none(), st.sets(st.integers(0, classes - 1), min_size=1, max_size=classes - 1))
+    )
+    return SafeOrdering(pre, draw(orderings(classes)), predicted)
