@@ -84,6 +84,7 @@ def test_fingerprint_changes_with_weights():
 def _bn_stats(bn: nn.modules.batchnorm._BatchNorm, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     c = bn.num_features
+    assert bn.running_mean is not None and bn.running_var is not None
     with torch.no_grad():
         bn.running_mean.copy_(torch.randn(c, generator=g, dtype=torch.float64))
         bn.running_var.copy_(torch.rand(c, generator=g, dtype=torch.float64) * 3 + 0.05)

@@ -30,8 +30,8 @@ def _exact_l2(x: np.ndarray, c: np.ndarray, eps: float) -> bool:
 
 
 @st.composite
-def near_boundary(draw: st.DrawFn, norm: Norm) -> tuple[np.ndarray, np.ndarray, float]:
-    """A centre, eps, and a point on the sphere of radius eps moved by a few ulps either way."""
+def near_boundary(draw: st.DrawFn, norm: Norm) -> tuple[np.ndarray, float, np.ndarray]:
+    """(centre, eps, x): a point x on the sphere of radius eps moved by a few ulps either way."""
     d = draw(st.integers(1, 6))
     eps = draw(EPS)
     scale = draw(st.sampled_from([1e-30, 1.0, 1e3, 1e30]))

@@ -81,7 +81,7 @@ def test_a_layer_without_a_rule_raises_naming_the_algorithm(table: RuleTable):
 
 
 def test_a_network_with_an_unknown_layer_is_refused_everywhere():
-    net = Network((_Unknown(), Dense(np.eye(2), np.zeros(2))), (2,))  # type: ignore[arg-type]
+    net = Network((_Unknown(), Dense(np.eye(2), np.zeros(2))), (2,))
     for run in (
         lambda: net.forward64(np.zeros((1, 2))),
         lambda: network_lipschitz(net, Norm.L2),
@@ -104,7 +104,7 @@ def test_torch_import_inverts_torch_forward(layer_type: type):
     layer, _ = SAMPLES[layer_type]
     module = layer_module(layer, torch.float64, torch.device("cpu"))
     back = layer_from_torch(module, "0")
-    assert type(back) is layer_type
+    assert back is not None and type(back) is layer_type
     for (name, a), b in zip(fields(layer).items(), fields(back).values(), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
 

@@ -63,6 +63,7 @@ SUPPORTED_LAYERS = (
     "running statistics), AvgPool2d (padding 0), Identity/Dropout (eval)"
 )
 
+
 def _arr(t: torch.Tensor) -> FloatArray:
     return np.asarray(t.detach().cpu().to(torch.float64).numpy())
 
@@ -100,9 +101,7 @@ unless it exports its own IR with ``verispec_layers``)."""
 
 
 def _unsupported(where: str, module: nn.Module, why: str) -> UnsupportedLayerError:
-    return UnsupportedLayerError(
-        f"layer {where} ({module}): {why}. Supported: {SUPPORTED_LAYERS}"
-    )
+    return UnsupportedLayerError(f"layer {where} ({module}): {why}. Supported: {SUPPORTED_LAYERS}")
 
 
 @TORCH_IMPORT.register(nn.Identity, nn.Dropout)

@@ -196,7 +196,7 @@ def test_input_set_of_a_bounded_polytope_is_its_bounding_box():
 
 def test_input_set_rejects_other_regions():
     with pytest.raises(UnsupportedError):
-        InputSet.of(object())  # type: ignore[arg-type]
+        InputSet.of(object())
 
 
 @given(unit_points(3), st.integers(0, 2**32 - 1))
