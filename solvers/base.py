@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import numpy as np
@@ -55,6 +54,7 @@ from verispec.errors import UnsupportedError
 from verispec.network import Network
 from verispec.properties import Goal, Property
 from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
+from verispec.registry import Registry
 from verispec.results import CheckResult, Verdict
 
 
@@ -113,31 +113,21 @@ class ExactSolver(Protocol):
         ...
 
 
-SOLVERS: dict[str, type[Any]] = {}
+def _load_builtin_solvers() -> None:
+    """Import the modules that register the built-in solvers (explicit, no import-time magic)."""
+    from verispec.solvers import milp, smt  # noqa: F401
+
+
+SOLVERS: Registry[ExactSolverBase] = Registry("solver", loader=_load_builtin_solvers)
 """Registered solver classes by name; each has a ``Config`` attrs class and ``__init__``."""
 
-S = TypeVar("S")
+register_solver = SOLVERS.register
+"""Class decorator adding a solver to ``SOLVERS`` under a name (a name taken twice raises)."""
 
 
-def register_solver(name: str) -> Callable[[type[S]], type[S]]:
-    """Class decorator adding a solver to ``SOLVERS`` under ``name``."""
-
-    def add(cls: type[S]) -> type[S]:
-        if name in SOLVERS:
-            raise ValueError(f"solver {name!r} registered twice")
-        SOLVERS[name] = cls
-        return cls
-
-    return add
-
-
-def solver_class(name: str) -> type[Any]:
+def solver_class(name: str) -> type[ExactSolverBase]:
     """The solver class registered as ``name``; unknown names raise UnsupportedError."""
-    from verispec.solvers import milp, smt  # noqa: F401  (registers the built-in solvers)
-
-    if name not in SOLVERS:
-        raise UnsupportedError(f"unknown solver {name!r}; available: {', '.join(sorted(SOLVERS))}")
-    return SOLVERS[name]
+    return SOLVERS.lookup(name)
 
 
 def _bound_method(instance: object, attribute: attrs.Attribute, value: str) -> None:

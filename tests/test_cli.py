@@ -130,3 +130,31 @@ def test_train_writes_a_loadable_model_and_log(tmp_path):
     assert len(log["epochs"]) == 2
     bad = CliRunner().invoke(main, ["train", "--data", "nope:x", "--out", str(out)])
     assert bad.exit_code == 2 and "nope" in bad.output
+
+
+def test_help_lists_the_registered_engines_and_solvers():
+    from verispec.engines.base import ENGINES, EngineBase
+
+    class HelpToy(EngineBase):
+        name = "help-toy"
+
+        def _decide_points(self, network, spec, xs, domain):
+            raise NotImplementedError
+
+    ENGINES.register("help-toy")(HelpToy)
+    try:
+        for command in ("check", "audit"):
+            res = CliRunner().invoke(main, [command, "--help"])
+            assert res.exit_code == 0, res.output
+            engines = res.output.split("  --engine [", 1)[1].split("]", 1)[0].split("|")
+            for name in ("lipschitz", "projections", "smoothing", "milp", "smt", "help-toy"):
+                assert name in engines, (command, res.output)
+        for command in ("audit", "vnnlib"):
+            res = CliRunner().invoke(main, [command, "--help"])
+            assert "[milp|smt]" in res.output, res.output
+    finally:
+        del ENGINES["help-toy"]
+    res = CliRunner().invoke(main, ["check", "--help"])
+    assert "help-toy" not in res.output
+    res = CliRunner().invoke(main, ["audit", SPEC, "--solver", "gurobi"])
+    assert res.exit_code == 2 and "unknown solver 'gurobi'; available: milp, smt" in res.output

@@ -240,3 +240,42 @@ def test_unit_roundoff_follows_matmul_precision():
         assert unit_roundoff(torch.float64, cpu) == 2.0**-53
     finally:
         torch.set_float32_matmul_precision(old)
+
+
+@SETTINGS
+@given(
+    dense_networks().flatmap(lambda n: st.tuples(st.just(n), points(n))),
+    norms,
+    epsilons,
+    st.integers(0, 2),
+)
+def test_batch_arrays_agree_with_the_verdicts(case, norm, eps, kind):
+    """The margins are the test's slack: > 0 exactly where a point is certified (local
+    robustness, top-k and affinity alike), and the lazy results read the same arrays."""
+    net, xs = case
+    m = net.num_classes
+    spec = [
+        LocalRobustness(eps, norm),
+        RelaxedTopK(min(2, m), eps, norm),
+        Affinity([list(range(m))], eps, norm),
+    ][kind]
+    batch = LipschitzEngine().check(net, spec, xs, np.zeros(len(xs), dtype=np.int64))
+    certified = batch.is_verdict(Verdict.CERTIFIED)
+    clear = np.abs(batch.radii - eps) > 1e-9 * max(eps, 1.0)  # not at the last ulp of eps
+    assert np.array_equal((batch.margins > 0)[clear], certified[clear])
+    assert np.array_equal(certified, batch.radii > eps)
+    for i, r in enumerate(batch):
+        assert r.verdict is (Verdict.CERTIFIED if certified[i] else Verdict.UNKNOWN)
+        assert r.radius == batch.radii[i] and r.label == 0
+        assert r.predicted == batch.predicted[i]
+
+
+def test_affinity_point_in_no_group_is_falsified_at_the_point():
+    # f(x) = (x0, x1, 0.5): class 2 is in no group
+    net = _linear_net([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], [0.0, 0.0, 0.5])
+    xs = np.array([[0.9, 0.1], [0.1, 0.2], [0.1, 0.95]])
+    spec = Affinity([[0, 1]], 0.01, Norm.L2)
+    batch = LipschitzEngine().check(net, spec, xs, domain=_domain(net))
+    assert [r.verdict for r in batch] == [Verdict.CERTIFIED, Verdict.FALSIFIED, Verdict.CERTIFIED]
+    assert np.array_equal(batch[1].counterexample, xs[1]) and batch[1].predicted == 2
+    assert batch[0].detail.startswith("group=[0, 1]")

@@ -16,7 +16,7 @@ from verispec.errors import DataError
 from verispec.modelfile import load_model
 from verispec.network import Network
 from verispec.regions import Box, FloatArray
-from verispec.results import CheckResult, Report, Verdict
+from verispec.results import BatchResult, CheckResult, Report, Verdict
 from verispec.specs import SafeOrdering, Spec
 from verispec.vnnlib import parse_vnnlib, result_text, safe_property
 
@@ -71,32 +71,42 @@ def check(
     progress: Callable[[int], None] | None = None,
 ) -> Report:
     """Check ``spec`` on ``model`` at every point of ``data`` (the first ``limit``); a
-    ``SafeOrdering`` spec needs no data. Returns a Report with one result per point."""
+    ``SafeOrdering`` spec needs no data. Returns a Report with one result per point (held as
+    a ``BatchResult``)."""
     network = as_network(model)
     eng: Engine = engine_class(engine)() if isinstance(engine, str) else engine
     eng.supports(network, spec)
     start = time.perf_counter()
-    results: list[CheckResult]
+    parts: list[Sequence[CheckResult]] = []
     if isinstance(spec, SafeOrdering):
-        results = eng.check(network, spec, np.zeros((0, *network.input_shape)))
+        parts.append(eng.check(network, spec, np.zeros((0, *network.input_shape))))
     else:
         if data is None:
             raise DataError(f"{describe(spec)} is checked at data points: give a data source")
         xs, ys, domain = points_of(network, data, limit)
-        results = []
         for lo in range(0, len(xs), CHUNK):
             hi = min(len(xs), lo + CHUNK)
-            results += eng.check(network, spec, xs[lo:hi], ys[lo:hi], domain)
+            parts.append(eng.check(network, spec, xs[lo:hi], ys[lo:hi], domain))
             if progress is not None:
                 progress(hi - lo)
     return Report(
         property_name=name or describe(spec),
         spec=describe(spec),
         engine=eng.name,
-        results=tuple(results),
+        results=_joined(parts, eng.name),
         radii=tuple(radii),
         wall_time_s=time.perf_counter() - start,
     )
+
+
+def _joined(
+    parts: list[Sequence[CheckResult]], engine: str
+) -> BatchResult | tuple[CheckResult, ...]:
+    """The chunks' results as one batch (a tuple when an engine returns plain results)."""
+    if all(isinstance(p, BatchResult) for p in parts):
+        batches = [p for p in parts if isinstance(p, BatchResult)]
+        return BatchResult.concat(batches) if batches else BatchResult.empty(engine)
+    return tuple(r for p in parts for r in p)
 
 
 @attrs.frozen(eq=False)

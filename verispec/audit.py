@@ -26,7 +26,7 @@ from verispec.errors import UnsupportedError
 from verispec.network import Network
 from verispec.properties import Goal
 from verispec.regions import Box, FloatArray
-from verispec.results import CheckResult, GuaranteeKind, Verdict
+from verispec.results import BatchResult, CheckResult, GuaranteeKind, Verdict
 from verispec.specs import SafeOrdering, Spec
 
 
@@ -63,7 +63,7 @@ class Violation:
 
 
 def _results(value: Sequence[CheckResult]) -> tuple[CheckResult, ...]:
-    return tuple(value)
+    return value.results() if isinstance(value, BatchResult) else tuple(value)
 
 
 def _violations(value: Sequence[Violation]) -> tuple[Violation, ...]:
@@ -169,7 +169,11 @@ def audit(
     start = time.perf_counter()
     engine_results = engine.check(network, spec, xs, labels, domain)
     engine_time = time.perf_counter() - start
-    if any(r.guarantee is GuaranteeKind.PROBABILISTIC for r in engine_results):
+    if (
+        engine_results.probabilistic
+        if isinstance(engine_results, BatchResult)
+        else any(r.guarantee is GuaranteeKind.PROBABILISTIC for r in engine_results)
+    ):
         raise UnsupportedError(
             f"engine {engine.name!r} gives probabilistic guarantees about a smoothed classifier: "
             "an exact solver cannot audit them"

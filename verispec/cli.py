@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,46 @@ import numpy as np
 
 EXIT_BAD_INPUT = 2
 PROGRESS_MIN_POINTS = 2000
+
+
+class RegistryChoice(click.Choice[str]):
+    """The names in a registry as a click choice, read when click needs them (``--help``,
+    parsing): importing the CLI imports no engine or solver."""
+
+    def __init__(self, kind: str, names: Callable[[], Sequence[str]]) -> None:
+        self.kind = kind
+        self._names = names
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, value: Sequence[str]) -> None:
+        """click.Choice.__init__ assigns a static list; the registry is the source instead."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        names = self.choices
+        if isinstance(value, str) and value in names:
+            return value
+        self.fail(f"unknown {self.kind} {value!r}; available: {', '.join(names)}", param, ctx)
+
+
+def _engine_names() -> tuple[str, ...]:
+    from verispec.engines.base import ENGINES
+
+    return ENGINES.names()
+
+
+def _solver_names() -> tuple[str, ...]:
+    from verispec.solvers.base import SOLVERS
+
+    return SOLVERS.names()
+
+
+ENGINE_CHOICE = RegistryChoice("engine", _engine_names)
+SOLVER_CHOICE = RegistryChoice("solver", _solver_names)
 
 
 def _fail(message: str) -> None:
@@ -53,7 +93,7 @@ def _table(rows: list[tuple[str, str]]) -> str:
 def report_table(report: Any) -> str:
     """The human summary of one property's report."""
     counts = report.counts
-    if all(r.label is None for r in report.results) and report.points == 1:
+    if not report.has_labels and report.points == 1:
         (result,) = report.results
         rows = [
             ("spec", report.spec),
@@ -76,7 +116,7 @@ def report_table(report: Any) -> str:
         ("median radius", _fmt(report.median_radius)),
         ("points/s", _fmt(report.points_per_second, 0)),
     ]
-    if any(r.radius is not None for r in report.results):
+    if report.has_radii:
         for r, acc in report.certified_accuracy():
             rows.append((f"cert. acc @ r={r:g}", _fmt(acc)))
     return f"{report.property_name}\n{_table(rows)}"
@@ -92,8 +132,9 @@ def main() -> None:
 @click.option(
     "--engine",
     "engine_name",
+    type=ENGINE_CHOICE,
     default=None,
-    help="engine name (default: the file's, else lipschitz)",
+    help="engine (default: the file's, else lipschitz)",
 )
 @click.option(
     "--limit", type=click.IntRange(min=1), default=None, help="check only the first N points"
@@ -231,8 +272,14 @@ def audit_table(report: Any) -> str:
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--engine", "engine_name", default=None, help="engine to audit (default: the file's)")
-@click.option("--solver", type=click.Choice(["milp", "smt"]), default="milp", show_default=True)
+@click.option(
+    "--engine",
+    "engine_name",
+    type=ENGINE_CHOICE,
+    default=None,
+    help="engine to audit (default: the file's)",
+)
+@click.option("--solver", type=SOLVER_CHOICE, default="milp", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="audit the first N points")
 @click.option(
     "--timeout",
@@ -299,7 +346,7 @@ def audit(
 @main.command()
 @click.argument("network", type=click.Path(dir_okay=False))
 @click.argument("prop", type=click.Path(dir_okay=False))
-@click.option("--solver", type=click.Choice(["milp", "smt"]), default="milp", show_default=True)
+@click.option("--solver", type=SOLVER_CHOICE, default="milp", show_default=True)
 @click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), default=116.0, show_default=True
 )

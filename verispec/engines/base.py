@@ -1,31 +1,55 @@
-"""The engine protocol, the engine registry and shared batching helpers.
+"""The engine base class, the engine registry and shared batching helpers.
 
 An engine checks a specification on a network, batched over points::
 
-    engine.supports(network, spec)                  # raises UnsupportedError with the reason
-    engine.check(network, spec, xs, labels, domain) # -> list[CheckResult], one per point
+    engine.supports(network, spec)                   # raises UnsupportedError with the reason
+    engine.check(network, spec, xs, labels, domain)  # -> BatchResult, one result per point
 
-For a global property (``SafeOrdering``) ``xs`` is empty and ``check`` returns one result.
-Engines are registered by name with ``@register_engine`` and built from their typed config.
+For a global property (``SafeOrdering``) ``xs`` is ignored and ``check`` returns one result.
+
+``EngineBase.check`` is final and the same for every engine: it calls ``supports``, validates
+the points (shape against ``network.input_shape``, real and finite, taken as float64) and the
+labels (one integer class per point), answers what needs no engine (no points; an affinity
+point whose predicted class is in no group is FALSIFIED by the point itself), hands the rest
+to the engine's decision and assembles the ``BatchResult``. An engine implements only:
+
+    _decide_points(network, spec, xs, domain) -> BatchResult   # point specs, goals non-empty
+    _decide_global(network, spec) -> CheckResult               # SafeOrdering (optional)
+    _supports(network, spec)                                   # engine-specific refusals
+
+and declares ``spec_kinds`` (the spec classes it decides) and ``needs_bounded_precondition``
+(a SafeOrdering polytope without a box is refused). An engine that does not implement
+``_decide_global`` does not support SafeOrdering.
+
+Engines are registered by name with ``@register_engine`` (a typed ``Registry``) and built from
+their typed ``Config``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Protocol, TypeVar
+import abc
+import math
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, Protocol, final
 
+import attrs
 import numpy as np
 import torch
 
-from verispec.errors import UnsupportedError
+from verispec.errors import SpecError, UnsupportedError
 from verispec.network import Network
-from verispec.regions import Box, FloatArray
-from verispec.results import CheckResult
-from verispec.specs import Spec
+from verispec.regions import Box, FloatArray, Polytope
+from verispec.registry import Registry
+from verispec.results import BatchResult, CheckResult, Verdict
+from verispec.specs import Affinity, LocalRobustness, PointSpec, RelaxedTopK, SafeOrdering, Spec
+
+EMPTY_GOAL_DETAIL = "predicted class is in no group"
+"""The detail of an affinity point falsified by itself."""
 
 
 class Engine(Protocol):
-    """What every engine provides."""
+    """What every engine provides (``EngineBase`` implements it; audits accept any)."""
 
     name: ClassVar[str]
 
@@ -39,40 +63,213 @@ class Engine(Protocol):
         xs: FloatArray,
         labels: np.ndarray | None = None,
         domain: Box | None = None,
-    ) -> list[CheckResult]:
+    ) -> Sequence[CheckResult]:
         """Check ``spec`` at every point of ``xs`` (n, *input_shape); labels (n,) are recorded."""
         ...
 
 
-ENGINES: dict[str, type[Any]] = {}
-"""Registered engine classes by name. Each has a ``Config`` attrs class and ``__init__(config)``."""
+class EngineBase(abc.ABC):
+    """The shared ``check`` template (module docstring); subclasses implement the decision."""
 
-E = TypeVar("E")
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[Any]]
+    spec_kinds: ClassVar[tuple[type, ...]] = (LocalRobustness, RelaxedTopK, Affinity, SafeOrdering)
+    """The spec classes the engine decides."""
+    needs_bounded_precondition: ClassVar[bool] = False
+    """Whether a SafeOrdering precondition must be bounded (a polytope needs a box)."""
+    unsupported_reason: ClassVar[str] = ""
+    """Why the spec kinds outside ``spec_kinds`` are refused (appended to the message)."""
+
+    def __init__(self, config: Any = None) -> None:  # noqa: B027 (subclasses keep a typed config)
+        """Engines are built from their ``Config`` (None: its defaults)."""
+
+    # -- what the engine implements -----------------------------------------------------------
+    @abc.abstractmethod
+    def _decide_points(
+        self, network: Network, spec: PointSpec, xs: FloatArray, domain: Box | None
+    ) -> BatchResult:
+        """Decide ``spec`` at every point of ``xs`` (n, *input_shape), validated float64, n >= 1,
+        every goal non-empty: one result per point, labels left to ``check``."""
+
+    def _decide_global(self, network: Network, spec: SafeOrdering) -> CheckResult:
+        """Decide a global property (the precondition is bounded if the engine said it must)."""
+        raise UnsupportedError(f"the {self.name} engine does not check SafeOrdering")
+
+    def _supports(self, network: Network, spec: Spec) -> None:  # noqa: B027 (optional hook)
+        """Engine-specific refusals (layers, norms); the spec kind is already accepted."""
+
+    # -- the template -------------------------------------------------------------------------
+    @final
+    def supports(self, network: Network, spec: Spec) -> None:
+        """Raise ``UnsupportedError`` if ``check`` cannot run (SpecError if the spec does not fit
+        the network's classes)."""
+        global_ok = type(self)._decide_global is not EngineBase._decide_global
+        if not isinstance(spec, self.spec_kinds) or (
+            isinstance(spec, SafeOrdering) and not global_ok
+        ):
+            reason = f": {self.unsupported_reason}" if self.unsupported_reason else ""
+            raise UnsupportedError(
+                f"the {self.name} engine does not support {type(spec).__name__}{reason}"
+            )
+        if isinstance(spec, SafeOrdering) and self.needs_bounded_precondition:
+            region = spec.precondition
+            if isinstance(region, Polytope) and region.box is None:
+                raise UnsupportedError(
+                    f"the {self.name} engine needs a bounded precondition: give the polytope a box"
+                )
+        spec.validate_for(network.num_classes)
+        self._supports(network, spec)
+
+    @final
+    def check(
+        self,
+        network: Network,
+        spec: Spec,
+        xs: FloatArray | None = None,
+        labels: np.ndarray | None = None,
+        domain: Box | None = None,
+    ) -> BatchResult:
+        """Check ``spec`` at every point of ``xs`` (n, *input_shape); labels (n,) are recorded.
+        A SafeOrdering spec ignores ``xs`` and ``labels``: exactly one result."""
+        self.supports(network, spec)
+        if isinstance(spec, SafeOrdering):
+            result = self._decide_global(network, spec)
+            if result.engine != self.name:
+                result = attrs.evolve(result, engine=self.name)
+            return BatchResult.from_results([result])
+        points = validate_points(network, xs, domain)
+        checked_labels = validate_labels(network, labels, len(points))
+        if len(points) == 0:
+            batch = BatchResult.empty(self.name)
+        elif isinstance(spec, Affinity):
+            batch = self._decide_affinity(network, spec, points, domain)
+        else:
+            batch = self._decided(network, spec, points, domain)
+        return batch.with_labels(checked_labels)
+
+    def _decided(
+        self, network: Network, spec: PointSpec, xs: FloatArray, domain: Box | None
+    ) -> BatchResult:
+        """The engine's decision, checked to be one result per point, under this engine's name."""
+        batch = self._decide_points(network, spec, xs, domain)
+        if len(batch) != len(xs):
+            raise RuntimeError(
+                f"engine {self.name!r} decided {len(batch)} points of {len(xs)}: an engine bug"
+            )
+        if batch.engine != self.name:
+            batch = attrs.evolve(batch, engine=self.name)
+        return batch
+
+    def _decide_affinity(
+        self, network: Network, spec: Affinity, xs: FloatArray, domain: Box | None
+    ) -> BatchResult:
+        """Points whose predicted class (float64) is in no group fail at the point itself; the
+        engine decides the others."""
+        start = time.perf_counter()
+        ys = network.forward64(xs)
+        predicted = np.argmax(ys, axis=1)
+        in_group = np.zeros(network.num_classes, dtype=bool)
+        for group in spec.groups:
+            in_group[sorted(group)] = True
+        own: list[int] = []
+        for i in np.flatnonzero(~in_group[predicted]).tolist():
+            x = xs[i]
+            y = network.forward64(x[None])[0]  # alone: a batched pass may round differently
+            predicted[i] = int(np.argmax(y))
+            if not spec.at(x, y, domain).alternatives:
+                own.append(i)  # x lies in its ball (and the domain): it is the counterexample
+            # else a near-tie: the point's own pass puts it in a group; the engine decides
+        if not own:
+            return self._decided(network, spec, xs, domain)
+        rest = np.setdiff1d(np.arange(len(xs)), own)
+        parts = [
+            BatchResult.build(
+                self.name,
+                [Verdict.FALSIFIED] * len(own),
+                time_s=(time.perf_counter() - start) / len(xs),
+                predicted=predicted[own],
+                counterexamples={k: xs[i] for k, i in enumerate(own)},
+                details=dict.fromkeys(range(len(own)), EMPTY_GOAL_DETAIL),
+            )
+        ]
+        if len(rest):
+            decided = self._decided(network, spec, xs[rest], domain)
+            if decided.predicted is None:
+                decided = attrs.evolve(decided, predicted=predicted[rest])
+            parts.insert(0, decided)
+        order = np.concatenate([rest, np.array(own, dtype=np.int64)])
+        return BatchResult.concat(parts).take(np.argsort(order, kind="stable"))
 
 
-def register_engine(name: str) -> Callable[[type[E]], type[E]]:
-    """Class decorator adding an engine to ``ENGINES`` under ``name``."""
+def validate_points(network: Network, xs: Any, domain: Box | None = None) -> FloatArray:
+    """``xs`` as float64 points (n, *network.input_shape): real, finite, shaped for the network
+    and inside ``domain`` when one is given (SpecError otherwise)."""
+    if xs is None:
+        raise SpecError("point specifications are checked at points: give xs (n, *input_shape)")
+    arr = np.asarray(xs)
+    want = network.input_shape
+    if arr.dtype.kind not in "fiu":
+        raise SpecError(f"points must be real numbers, got dtype {arr.dtype}")
+    if arr.ndim != len(want) + 1 or arr.shape[1:] != want:
+        raise SpecError(
+            f"points have shape {arr.shape}, the network expects (n, {', '.join(map(str, want))})"
+            " with n the number of points"
+        )
+    arr = arr.astype(np.float64, copy=False)
+    finite = np.isfinite(arr).reshape(arr.shape[0], math.prod(want)).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise SpecError(
+            f"points contain NaN or infinity: point {int(bad[0])} ({bad.size} of {arr.shape[0]})"
+        )
+    if domain is not None:
+        if domain.lo.shape != want:
+            raise SpecError(f"the domain has shape {domain.lo.shape}, the points {want}")
+        inside = ((arr >= domain.lo) & (arr <= domain.hi)).reshape(arr.shape[0], -1).all(axis=1)
+        if not inside.all():
+            bad = np.flatnonzero(~inside)
+            raise SpecError(
+                f"points lie outside the data domain: point {int(bad[0])} "
+                f"({bad.size} of {arr.shape[0]})"
+            )
+    return arr
 
-    def add(cls: type[E]) -> type[E]:
-        if name in ENGINES:
-            raise ValueError(f"engine {name!r} registered twice")
-        ENGINES[name] = cls
-        return cls
 
-    return add
-
-
-def engine_class(name: str) -> type[Any]:
-    """The engine class registered as ``name``; unknown names raise UnsupportedError."""
-    _load_builtin_engines()
-    if name not in ENGINES:
-        raise UnsupportedError(f"unknown engine {name!r}; available: {', '.join(sorted(ENGINES))}")
-    return ENGINES[name]
+def validate_labels(network: Network, labels: Any, n: int) -> np.ndarray | None:
+    """``labels`` as (n,) int64 classes of the network, or None (SpecError otherwise)."""
+    if labels is None:
+        return None
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise SpecError(f"labels have shape {arr.shape}, want ({n},): one per point")
+    if n == 0:
+        return arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise SpecError(f"labels must be integer classes, got dtype {arr.dtype}")
+    m = network.num_classes
+    bad = np.flatnonzero((arr < 0) | (arr >= m))
+    if bad.size:
+        raise SpecError(
+            f"label {arr[bad[0]]} of point {int(bad[0])} is not a class of the model (0..{m - 1})"
+        )
+    return arr.astype(np.int64)
 
 
 def _load_builtin_engines() -> None:
     """Import the modules that register the built-in engines (explicit, no import-time magic)."""
     from verispec.engines import exact, lipschitz, projections, smoothing  # noqa: F401
+
+
+ENGINES: Registry[EngineBase] = Registry("engine", loader=_load_builtin_engines)
+"""Registered engine classes by name. Each has a ``Config`` attrs class and ``__init__(config)``."""
+
+register_engine = ENGINES.register
+"""Class decorator adding an engine to ``ENGINES`` under a name (a name taken twice raises)."""
+
+
+def engine_class(name: str) -> type[EngineBase]:
+    """The engine class registered as ``name``; unknown names raise UnsupportedError."""
+    return ENGINES.lookup(name)
 
 
 def batches(n: int, size: int) -> Iterator[slice]:

@@ -11,17 +11,16 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import attrs
-import numpy as np
 
-from verispec.engines.base import register_engine
+from verispec.engines.base import EngineBase, register_engine
 from verispec.network import Network
 from verispec.regions import Box, FloatArray
-from verispec.results import CheckResult, Verdict
+from verispec.results import BatchResult, CheckResult, Verdict
 from verispec.solvers.base import SolverConfig, solver_class
-from verispec.specs import SafeOrdering, Spec
+from verispec.specs import PointSpec, SafeOrdering, Spec
 
 
-class ExactEngine:
+class ExactEngine(EngineBase):
     """Decide each point's goal with an exact solver (``solver_name``)."""
 
     name: ClassVar[str] = ""
@@ -32,39 +31,29 @@ class ExactEngine:
         self.config = config or SolverConfig()
         self.solver: Any = solver_class(self.solver_name)(self.config)
 
-    def supports(self, network: Network, spec: Spec) -> None:
-        """Lowering raises UnsupportedError for networks too large to encode; the spec must
-        fit the model."""
-        spec.validate_for(network.num_classes)
+    def _supports(self, network: Network, spec: Spec) -> None:
+        """Lowering raises UnsupportedError for networks too large to encode."""
         self.solver.lowered(network)
 
-    def check(
-        self,
-        network: Network,
-        spec: Spec,
-        xs: FloatArray,
-        labels: np.ndarray | None = None,
-        domain: Box | None = None,
-    ) -> list[CheckResult]:
-        if isinstance(spec, SafeOrdering):
-            return [self.solver.solve(network, spec.as_property())]
-        xs = np.asarray(xs, dtype=np.float64)
-        logits = network.forward64(xs)
-        out = []
-        for i, (x, y) in enumerate(zip(xs, logits, strict=True)):
+    def _decide_points(
+        self, network: Network, spec: PointSpec, xs: FloatArray, domain: Box | None
+    ) -> BatchResult:
+        results = []
+        for x in xs:
+            y = network.forward64(x[None])[0]
             goal = spec.at(x, y, domain)
             if goal.alternatives:
                 result = self.solver.solve_goal(network, goal)
-            else:  # an affinity spec whose predicted class is in no group fails at x itself
+            else:  # ``check`` falsified the empty goals; a pass rounding differently at a tie
                 result = CheckResult(
-                    Verdict.FALSIFIED,
-                    self.name,
-                    detail="predicted class is in no group",
-                    counterexample=x,
+                    Verdict.UNKNOWN, self.name, detail="near-tie: predicted class in no group"
                 )
-            label = None if labels is None else int(labels[i])
-            out.append(attrs.evolve(result, predicted=int(np.argmax(y)), label=label))
-        return out
+            results.append(attrs.evolve(result, engine=self.name, predicted=int(y.argmax())))
+        return BatchResult.from_results(results, engine=self.name)
+
+    def _decide_global(self, network: Network, spec: SafeOrdering) -> CheckResult:
+        result: CheckResult = self.solver.solve(network, spec.as_property())
+        return result
 
 
 @register_engine("milp")

@@ -25,14 +25,14 @@ import numpy as np
 import torch
 
 from verispec.attacks import first_counterexample, sample_attack
-from verispec.engines.base import batches, register_engine, resolve_device
+from verispec.engines.base import EngineBase, batches, register_engine, resolve_device
 from verispec.engines.lipschitz_bounds import LipschitzBounds, layer_bounds, network_lipschitz
 from verispec.engines.roundoff import RoundoffForward
-from verispec.errors import SpecError, UnsupportedError
+from verispec.errors import UnsupportedError
 from verispec.network import Dense, Network
-from verispec.regions import Box, FloatArray, Norm, Polytope
-from verispec.results import CheckResult, GuaranteeKind, Verdict
-from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, SafeOrdering, Spec
+from verispec.regions import Box, FloatArray, Norm
+from verispec.results import BatchResult, CheckResult, Verdict
+from verispec.specs import Affinity, LocalRobustness, PointSpec, RelaxedTopK, SafeOrdering, Spec
 
 SQRT2 = math.sqrt(2.0)
 
@@ -49,11 +49,12 @@ class LipschitzConfig:
 
 
 @register_engine("lipschitz")
-class LipschitzEngine:
+class LipschitzEngine(EngineBase):
     """Certify with global Lipschitz bounds; K cached per (network fingerprint, norm)."""
 
     name = "lipschitz"
     Config = LipschitzConfig
+    needs_bounded_precondition = True
 
     def __init__(self, config: LipschitzConfig | None = None) -> None:
         self.config = config or LipschitzConfig()
@@ -76,106 +77,56 @@ class LipschitzEngine:
             self._forwards[key] = RoundoffForward(network, lips, self.config.precision, self.device)
         return self._forwards[key]
 
-    # -- protocol -----------------------------------------------------------------------------
-    def supports(self, network: Network, spec: Spec) -> None:
-        if isinstance(spec, LocalRobustness | RelaxedTopK | Affinity):
-            if not isinstance(network.layers[-1], Dense):
-                raise UnsupportedError(
-                    "the lipschitz engine needs a final dense layer for point specifications"
-                )
-            spec.validate_for(network.num_classes)
-            return
-        if isinstance(spec, SafeOrdering):
-            spec.validate_for(network.num_classes)
-            region = spec.precondition
-            if isinstance(region, Polytope) and region.box is None:
-                raise UnsupportedError(
-                    "the lipschitz engine needs a bounded precondition: give the polytope a box"
-                )
-            return
-        raise UnsupportedError(f"the lipschitz engine does not support {type(spec).__name__}")
-
-    def check(
-        self,
-        network: Network,
-        spec: Spec,
-        xs: FloatArray,
-        labels: np.ndarray | None = None,
-        domain: Box | None = None,
-    ) -> list[CheckResult]:
-        self.supports(network, spec)
-        if isinstance(spec, SafeOrdering):
-            return [self._check_safe_ordering(network, spec)]
-        xs = np.asarray(xs, dtype=np.float64)
-        if xs.shape[1:] != network.input_shape:
-            raise SpecError(
-                f"points have shape {xs.shape[1:]}, the network expects {network.input_shape}"
+    # -- decisions ----------------------------------------------------------------------------
+    def _supports(self, network: Network, spec: Spec) -> None:
+        if not isinstance(spec, SafeOrdering) and not isinstance(network.layers[-1], Dense):
+            raise UnsupportedError(
+                "the lipschitz engine needs a final dense layer for point specifications"
             )
-        if not np.all(np.isfinite(xs)):
-            raise SpecError("points contain NaN or infinity")
+
+    def _decide_points(
+        self, network: Network, spec: PointSpec, xs: FloatArray, domain: Box | None
+    ) -> BatchResult:
+        """One roundoff-bounded forward pass per batch, then the margins of ``_decide``."""
         pair_k = self.bounds(network, spec.norm).pairwise()
         forward = self._forward(network)
-        results: list[CheckResult] = []
-        for sl in batches(len(xs), self.config.batch_size):
+        n = len(xs)
+        certified = np.empty(n, dtype=bool)
+        radii = np.empty(n)
+        margins = np.empty(n)
+        predicted = np.empty(n, dtype=np.int64)
+        times = np.empty(n)
+        details: dict[int, str] = {}
+        for sl in batches(n, self.config.batch_size):
             start = time.perf_counter()
             logits, err = forward(xs[sl])
-            verdicts = _decide(spec, logits, err, pair_k)
-            per_point = (time.perf_counter() - start) / max(1, sl.stop - sl.start)
-            predicted = np.argmax(logits, axis=1).tolist()
-            batch_labels = (
-                [None] * len(predicted) if labels is None else np.asarray(labels)[sl].tolist()
-            )
-            results.extend(
-                CheckResult(
-                    verdict=Verdict.CERTIFIED if ok else Verdict.UNKNOWN,
-                    engine=self.name,
-                    predicted=pred,
-                    label=label,
-                    radius=radius,
-                    guarantee=GuaranteeKind.DETERMINISTIC,
-                    time_s=per_point,
-                    detail=detail,
-                )
-                for (ok, radius, detail), pred, label in zip(
-                    verdicts, predicted, batch_labels, strict=True
-                )
-            )
-        return self._falsify_trivial(network, spec, xs, results, domain)
+            decision = _decide(spec, logits, err, pair_k)
+            certified[sl] = decision.certified
+            radii[sl] = decision.radius
+            margins[sl] = decision.margin
+            predicted[sl] = np.argmax(logits, axis=1)
+            details.update({sl.start + k: d for k, d in decision.details.items()})
+            times[sl] = (time.perf_counter() - start) / (sl.stop - sl.start)
+        verdicts = np.where(certified, Verdict.CERTIFIED.code, Verdict.UNKNOWN.code)
+        return BatchResult.build(
+            self.name,
+            verdicts,
+            radii=radii,
+            margins=margins,
+            time_s=times,
+            predicted=predicted,
+            details=details,
+        )
 
-    # -- point specifications ----------------------------------------------------------------
-    def _falsify_trivial(
-        self,
-        network: Network,
-        spec: Spec,
-        xs: FloatArray,
-        results: list[CheckResult],
-        domain: Box | None,
-    ) -> list[CheckResult]:
-        """An affinity spec whose predicted class is in no group fails at x itself."""
-        if not isinstance(spec, Affinity):
-            return results
-        out = []
-        for x, r in zip(xs, results, strict=True):
-            if r.verdict is Verdict.UNKNOWN and not spec.groups_of(int(r.predicted or 0)):
-                y = network.forward64(x[None])[0]
-                if spec.at(x, y, domain).is_counterexample(x, y):
-                    r = attrs.evolve(
-                        r,
-                        verdict=Verdict.FALSIFIED,
-                        counterexample=x,
-                        detail="predicted class is in no group",
-                    )
-            out.append(r)
-        return out
-
-    # -- safe ordering -----------------------------------------------------------------------
-    def _check_safe_ordering(self, network: Network, spec: SafeOrdering) -> CheckResult:
+    def _decide_global(self, network: Network, spec: SafeOrdering) -> CheckResult:
+        """Safe ordering over a box: each atom's value at the centre, less its Lipschitz
+        constant times the box's radius and the float error, must stay > 0."""
         start = time.perf_counter()
         prop = spec.as_property()
         region = spec.precondition
         box = region if isinstance(region, Box) else region.box
-        if box is None:  # excluded by supports()
-            raise UnsupportedError("unbounded precondition")
+        if box is None:  # refused by supports() (needs_bounded_precondition)
+            raise UnsupportedError("the lipschitz engine needs a bounded precondition")
         # falsify first: the centre, then seeded uniform samples of the region
         witness = first_counterexample(network, prop, box.center[None])
         if witness is None and self.config.falsify_samples:
@@ -208,39 +159,60 @@ class LipschitzEngine:
         return CheckResult(verdict, self.name, time_s=time.perf_counter() - start, detail=detail)
 
 
+@attrs.frozen(eq=False)
+class Decision:
+    """The Lipschitz test on a batch of n points: certified (n,), radius (n,) (0 where no
+    positive margin), margin (n,) (the slack of the test in logit units: > 0 where it passes,
+    -inf for non-finite logits) and details keyed by point (which kappa / group certified)."""
+
+    certified: np.ndarray
+    radius: FloatArray
+    margin: FloatArray
+    details: dict[int, str]
+
+
 def _decide(
     spec: LocalRobustness | RelaxedTopK | Affinity,
     logits: FloatArray,
     err: FloatArray,
     pair_k: FloatArray,
-) -> list[tuple[bool, float, str]]:
-    """(certified, radius, detail) per point from logits (n, m) and error bounds (n,)."""
+) -> Decision:
+    """The test at each point from logits (n, m), error bounds (n,) and K_ij (m, m)."""
     n, m = logits.shape
     finite = np.all(np.isfinite(logits), axis=1) & np.isfinite(err)
     logits = np.where(finite[:, None], logits, 0.0)
-    order = np.argsort(-logits, axis=1, kind="stable")
     rows = np.arange(n)
+    eps = spec.eps
     if isinstance(spec, LocalRobustness):
-        c = order[:, 0]
+        c = np.argmax(logits, axis=1)
         low = logits[rows, c][:, None] - logits - SQRT2 * err[:, None]
-        radius = _ratio(low, pair_k[c])
+        k_c = pair_k[c]
+        radius = _ratio(low, k_c)
         radius[rows, c] = np.inf
+        slack = low - eps * k_c
+        slack[rows, c] = np.inf
         r = np.where(finite, radius.min(axis=1), 0.0)
-        return [(bool(ri > spec.eps), float(ri), "") for ri in r]
-    ratio = _ratio(
-        logits[:, :, None] - logits[:, None, :] - SQRT2 * err[:, None, None], pair_k[None]
-    )
+        margin = np.where(finite, slack.min(axis=1), -np.inf)
+        return Decision(r > eps, r, margin, {})
+    order = np.argsort(-logits, axis=1, kind="stable")
+    low = logits[:, :, None] - logits[:, None, :] - SQRT2 * err[:, None, None]
+    ratio = _ratio(low, pair_k[None])
+    slack = low - eps * pair_k[None]
     ranks = np.empty_like(order)
     ranks[rows[:, None], order] = np.arange(m)[None, :]
     best = np.zeros(n)
-    detail = [""] * n
+    margin = np.full(n, -np.inf)
+    chosen = np.full(n, -1)
+    labels: list[str] = []
     if isinstance(spec, RelaxedTopK):
         for kappa in range(1, spec.k + 1):
-            r = _set_radius(ratio, ranks < kappa)
+            inside = ranks < kappa
+            r = _set_min(ratio, inside)
             better = finite & (r > best)
             best = np.where(better, r, best)
-            for p in np.flatnonzero(better):
-                detail[p] = f"kappa={kappa}"
+            chosen = np.where(better, len(labels), chosen)
+            margin = np.where(finite, np.maximum(margin, _set_min(slack, inside)), margin)
+            labels.append(f"kappa={kappa}")
     else:
         predicted = order[:, 0]
         for group in spec.groups:
@@ -251,15 +223,15 @@ def _decide(
                 usable = finite & in_group[predicted] & ~np.any(inside & ~in_group[None], axis=1)
                 if not usable.any():
                     break
-                r = _set_radius(ratio, inside)
+                r = _set_min(ratio, inside)
                 better = usable & (r > best)
                 best = np.where(better, r, best)
-                for p in np.flatnonzero(better):
-                    detail[p] = f"group={sorted(group)} kappa={kappa}"
-    return [
-        (bool(b > spec.eps), float(b), d if b > spec.eps else "")
-        for b, d in zip(best, detail, strict=True)
-    ]
+                chosen = np.where(better, len(labels), chosen)
+                margin = np.where(usable, np.maximum(margin, _set_min(slack, inside)), margin)
+                labels.append(f"group={sorted(group)} kappa={kappa}")
+    certified = best > eps
+    details = {int(p): labels[chosen[p]] for p in np.flatnonzero(certified)}
+    return Decision(certified, best, margin, details)
 
 
 def _ratio(low: FloatArray, k: FloatArray) -> FloatArray:
@@ -269,8 +241,9 @@ def _ratio(low: FloatArray, k: FloatArray) -> FloatArray:
     return np.where(np.isnan(out), 0.0, out)
 
 
-def _set_radius(ratio: FloatArray, inside: np.ndarray) -> FloatArray:
-    """Per point, the radius within which every class inside the set (mask (n, m)) keeps beating
-    every class outside: min of ratio[p, s, j] over s inside, j outside (+inf if none outside)."""
+def _set_min(values: FloatArray, inside: np.ndarray) -> FloatArray:
+    """Per point, the min of values[p, s, j] (n, m, m) over classes s inside the set (mask
+    (n, m)) and j outside (+inf if none outside): with ``ratio``, the radius within which every
+    class inside keeps beating every class outside."""
     pairs = inside[:, :, None] & ~inside[:, None, :]
-    return np.where(pairs, ratio, np.inf).min(axis=(1, 2))
+    return np.where(pairs, values, np.inf).min(axis=(1, 2))

@@ -57,14 +57,14 @@ import torch
 from numpy.typing import NDArray
 
 from verispec.attacks import pgd_attack
-from verispec.engines.base import register_engine, resolve_device
-from verispec.errors import SpecError, UnsupportedError
+from verispec.engines.base import EngineBase, register_engine, resolve_device
+from verispec.errors import UnsupportedError
 from verispec.network import Network
 from verispec.properties import Goal
 from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
-from verispec.results import CheckResult, GuaranteeKind, Verdict
+from verispec.results import BatchResult, CheckResult, GuaranteeKind, Verdict
 from verispec.solvers.lowering import PiecewiseLinearNet, lower
-from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, SafeOrdering, Spec
+from verispec.specs import PointSpec, SafeOrdering, Spec
 
 REL_MARGIN = 1e-9
 """Relative enlargement of eps / radii, and relative slack of every float comparison."""
@@ -584,11 +584,12 @@ def _domain_of(goal: Goal) -> Box | None:
 
 
 @register_engine("projections")
-class ProjectionsEngine:
+class ProjectionsEngine(EngineBase):
     """Fast geometric projections on piecewise-linear networks (see the module docstring)."""
 
     name = "projections"
     Config = ProjectionsConfig
+    needs_bounded_precondition = True
 
     def __init__(self, config: ProjectionsConfig | None = None) -> None:
         self.config = config or ProjectionsConfig()
@@ -602,68 +603,47 @@ class ProjectionsEngine:
             self._lowered[key] = _Lowered(lower(network), self.device)
         return self._lowered[key]
 
-    # -- protocol -----------------------------------------------------------------------------
-    def supports(self, network: Network, spec: Spec) -> None:
-        if isinstance(spec, SafeOrdering):
-            region = spec.precondition
-            if isinstance(region, Polytope) and region.box is None:
-                raise UnsupportedError(
-                    "the projections engine needs a bounded precondition: give the polytope a box"
-                )
-        elif not isinstance(spec, LocalRobustness | RelaxedTopK | Affinity):
-            raise UnsupportedError(f"the projections engine does not support {type(spec).__name__}")
-        spec.validate_for(network.num_classes)
+    # -- the decision -------------------------------------------------------------------------
+    def _supports(self, network: Network, spec: Spec) -> None:
         self.lowered(network)  # raises UnsupportedError for networks too large to lower
 
-    def check(
-        self,
-        network: Network,
-        spec: Spec,
-        xs: FloatArray,
-        labels: np.ndarray | None = None,
-        domain: Box | None = None,
-    ) -> list[CheckResult]:
-        self.supports(network, spec)
+    def _decide_points(
+        self, network: Network, spec: PointSpec, xs: FloatArray, domain: Box | None
+    ) -> BatchResult:
         m = network.num_classes
-        if isinstance(spec, SafeOrdering):
-            prop = spec.as_property()
-            region = spec.precondition
-            box = region if isinstance(region, Box) else region.box
-            if box is None:  # excluded by supports()
-                raise UnsupportedError("unbounded precondition")
-            centre = box.center.ravel()
-            radii = ((box.hi - box.lo) / 2.0).ravel()
-            targets = [Target.of_goal(Goal((prop,)), centre, None, radii, m)]
-            predicted: list[int | None] = [None]
-            label_list: list[int | None] = [None]
-        else:
-            xs = np.asarray(xs, dtype=np.float64)
-            if xs.shape[1:] != network.input_shape:
-                raise SpecError(
-                    f"points have shape {xs.shape[1:]}, the network expects {network.input_shape}"
-                )
-            if not np.all(np.isfinite(xs)):
-                raise SpecError("points contain NaN or infinity")
-            ys = network.forward64(xs)
-            targets = []
-            for x, y in zip(xs, ys, strict=True):
-                goal = spec.at(x, y, domain)
-                flat = x.ravel()
-                if spec.norm is Norm.L2:
-                    targets.append(Target.of_goal(goal, flat, spec.eps, None, m))
-                else:
-                    targets.append(
-                        Target.of_goal(goal, flat, None, np.full(flat.size, spec.eps), m)
-                    )
-            predicted = [int(np.argmax(y)) for y in ys]
-            label_list = [None] * len(xs) if labels is None else [int(v) for v in labels]
-        if not targets:
-            return []
+        ys = network.forward64(xs)
+        targets = []
+        for x, y in zip(xs, ys, strict=True):
+            goal = spec.at(x, y, domain)
+            flat = x.ravel()
+            if spec.norm is Norm.L2:
+                targets.append(Target.of_goal(goal, flat, spec.eps, None, m))
+            else:
+                targets.append(Target.of_goal(goal, flat, None, np.full(flat.size, spec.eps), m))
+        predicted = np.argmax(ys, axis=1).tolist()
+        results = self._conclude_all(network, targets, predicted)
+        return BatchResult.from_results(results, engine=self.name)
+
+    def _decide_global(self, network: Network, spec: SafeOrdering) -> CheckResult:
+        prop = spec.as_property()
+        region = spec.precondition
+        box = region if isinstance(region, Box) else region.box
+        if box is None:  # refused by supports() (needs_bounded_precondition)
+            raise UnsupportedError("the projections engine needs a bounded precondition")
+        centre = box.center.ravel()
+        radii = ((box.hi - box.lo) / 2.0).ravel()
+        target = Target.of_goal(Goal((prop,)), centre, None, radii, network.num_classes)
+        return self._conclude_all(network, [target], [None])[0]
+
+    def _conclude_all(
+        self, network: Network, targets: list[Target], predicted: list[int] | list[None]
+    ) -> list[CheckResult]:
+        """Explore every target (batched), then look for witnesses where one is needed."""
         explorations = self.explore(network, targets)
         shape = network.input_shape
         rng = np.random.default_rng(self.config.seed)
         out = []
-        for t, ex, pred, lab in zip(targets, explorations, predicted, label_list, strict=True):
+        for t, ex, pred in zip(targets, explorations, predicted, strict=True):
             start = time.perf_counter()
             verdict, detail, witness = self._conclude(network, t, ex, shape, rng)
             out.append(
@@ -671,7 +651,6 @@ class ProjectionsEngine:
                     verdict,
                     self.name,
                     predicted=pred,
-                    label=lab,
                     guarantee=GuaranteeKind.DETERMINISTIC,
                     time_s=ex.time_s + time.perf_counter() - start,
                     detail=f"regions={ex.regions}; pruned={ex.pruned}; {detail}",

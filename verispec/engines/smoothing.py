@@ -19,7 +19,6 @@ gives the same result on the CPU.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 
@@ -28,12 +27,12 @@ import numpy as np
 import torch
 from scipy import stats
 
-from verispec.engines.base import register_engine, resolve_device
+from verispec.engines.base import EngineBase, register_engine, resolve_device
 from verispec.errors import UnsupportedError
 from verispec.network import Network
 from verispec.regions import Box, FloatArray, Norm
-from verispec.results import CheckResult, GuaranteeKind, Verdict
-from verispec.specs import LocalRobustness, Spec
+from verispec.results import BatchResult, GuaranteeKind, Verdict
+from verispec.specs import LocalRobustness, PointSpec, Spec
 
 NO_CLASS = -1
 """The prediction recorded when the smoothed classifier abstains."""
@@ -79,11 +78,16 @@ class Prediction:
 
 
 @register_engine("smoothing")
-class SmoothingEngine:
+class SmoothingEngine(EngineBase):
     """Certify the Gaussian-smoothed classifier of a network (l2 local robustness)."""
 
     name = "smoothing"
     Config = SmoothingConfig
+    spec_kinds = (LocalRobustness,)
+    unsupported_reason = (
+        "it certifies local robustness only: a smoothed classifier's top-k set or group is not "
+        "certified by the class-probability bound"
+    )
 
     def __init__(self, config: SmoothingConfig | None = None) -> None:
         self.config = config or SmoothingConfig()
@@ -161,29 +165,15 @@ class SmoothingEngine:
         )
         return Prediction(np.where(p <= self.config.alpha, top, NO_CLASS), p)
 
-    # -- engine protocol ---------------------------------------------------------------------
-    def supports(self, network: Network, spec: Spec) -> None:
-        if not isinstance(spec, LocalRobustness):
-            raise UnsupportedError(
-                f"the smoothing engine certifies local robustness only, not "
-                f"{type(spec).__name__}: a smoothed classifier's top-k set or group is not "
-                "certified by the class-probability bound"
-            )
-        if spec.norm is not Norm.L2:
+    # -- the decision ------------------------------------------------------------------------
+    def _supports(self, network: Network, spec: Spec) -> None:
+        if isinstance(spec, LocalRobustness) and spec.norm is not Norm.L2:
             raise UnsupportedError("the smoothing engine certifies l2 balls only (Gaussian noise)")
 
-    def check(
-        self,
-        network: Network,
-        spec: Spec,
-        xs: FloatArray,
-        labels: np.ndarray | None = None,
-        domain: Box | None = None,
-    ) -> list[CheckResult]:
+    def _decide_points(
+        self, network: Network, spec: PointSpec, xs: FloatArray, domain: Box | None
+    ) -> BatchResult:
         """CERTIFY every point; the domain is not used (g is defined on all of R^d)."""
-        self.supports(network, spec)
-        if not isinstance(spec, LocalRobustness):  # supports() has refused it already
-            raise UnsupportedError(f"smoothing cannot check {type(spec).__name__}")
         cfg = self.config
         reach = best_radius(cfg.sigma, cfg.n, cfg.alpha)
         warning = ""
@@ -193,9 +183,7 @@ class SmoothingEngine:
                 f"sigma={cfg.sigma:g} the largest certifiable radius is {reach:.4g} <= eps "
                 f"{spec.eps:g}; raise n or sigma"
             )
-            warnings.warn(warning, stacklevel=2)
-        if len(xs) == 0:
-            return []
+            warnings.warn(warning, stacklevel=4)
         start = time.perf_counter()
         guess, p_lower, radius = self.certify(network, xs)
         per_point = (time.perf_counter() - start) / len(xs)
@@ -203,26 +191,20 @@ class SmoothingEngine:
             f"smoothed classifier g (sigma={cfg.sigma:g}, n0={cfg.n0}, n={cfg.n}, "
             f"alpha={cfg.alpha:g}, seed={cfg.seed})"
         )
-        out = []
-        for i in range(len(xs)):
-            abstain = not math.isfinite(radius[i])
-            if abstain:
-                verdict = Verdict.ABSTAIN
-            else:
-                verdict = Verdict.CERTIFIED if radius[i] > spec.eps else Verdict.UNKNOWN
-            detail = f"{base}; p_A >= {p_lower[i]:.6f}"
-            out.append(
-                CheckResult(
-                    verdict=verdict,
-                    engine=self.name,
-                    predicted=NO_CLASS if abstain else int(guess[i]),
-                    label=None if labels is None else int(labels[i]),
-                    radius=None if abstain else float(radius[i]),
-                    guarantee=GuaranteeKind.PROBABILISTIC,
-                    confidence=1.0 - cfg.alpha,
-                    time_s=per_point,
-                    detail=detail,
-                    warnings=(warning,) if warning else (),
-                )
-            )
-        return out
+        abstain = ~np.isfinite(radius)
+        verdicts = np.where(
+            abstain,
+            Verdict.ABSTAIN.code,
+            np.where(radius > spec.eps, Verdict.CERTIFIED.code, Verdict.UNKNOWN.code),
+        )
+        return BatchResult.build(
+            self.name,
+            verdicts,
+            radii=np.where(abstain, np.nan, radius),
+            time_s=per_point,
+            guarantee=GuaranteeKind.PROBABILISTIC,
+            confidence=1.0 - cfg.alpha,
+            predicted=np.where(abstain, NO_CLASS, guess),
+            details={i: f"{base}; p_A >= {p:.6f}" for i, p in enumerate(p_lower.tolist())},
+            warnings={i: (warning,) for i in range(len(xs))} if warning else None,
+        )
