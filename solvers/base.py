@@ -53,7 +53,7 @@ from verispec.attacks import pgd_attack, sample_attack
 from verispec.errors import UnsupportedError
 from verispec.network import Network
 from verispec.properties import Goal, Property
-from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
+from verispec.regions import FloatArray, Polytope
 from verispec.registry import Registry
 from verispec.results import CheckResult, Verdict
 
@@ -240,9 +240,9 @@ class ExactSolverBase:
         if timed_out or len(witnesses) < len(goal.alternatives):
             verdict = Verdict.TIMEOUT if timed_out else Verdict.UNKNOWN
             return self._result(verdict, start, detail)
-        for w in witnesses:
-            y = network.forward64(w[None])[0]
-            if goal.is_counterexample(w, y):
+        for candidate in witnesses:
+            w = goal.confirm(network, candidate)
+            if w is not None:
                 return self._result(Verdict.FALSIFIED, start, detail, counterexample=w)
         return self._result(
             Verdict.UNKNOWN,
@@ -342,13 +342,12 @@ class ExactSolverBase:
 
     @staticmethod
     def _recheck(network: Network, prop: Property, flat: FloatArray | None) -> FloatArray | None:
-        """The witness (input shape), moved into the region by at most the solver's tolerance,
-        if its float64 forward pass violates the predicate; otherwise None."""
+        """The witness (input shape), moved into the closed region (checked exactly) if the
+        solver left it a few ulps outside, when its float64 forward pass violates the
+        predicate; otherwise None (``Property.confirm``)."""
         if flat is None or not np.all(np.isfinite(flat)):
             return None
-        x = _into_region(prop, np.asarray(flat, dtype=np.float64).reshape(network.input_shape))
-        y = network.forward64(x[None])[0]
-        return x if prop.is_counterexample(x, y) else None
+        return prop.confirm(network, np.asarray(flat, dtype=np.float64))
 
     # -- input splitting --------------------------------------------------------------------------
     def _should_split(self, inp: InputSet) -> bool:
@@ -433,8 +432,8 @@ class ExactSolverBase:
         y = net.forward(points)
         bad = np.flatnonzero(~prop.predicate.holds(y))
         for i in bad[:8]:
-            x = points[i].reshape(network.input_shape)
-            if prop.is_counterexample(x, network.forward64(x[None])[0]):
+            x = prop.confirm(network, points[i])
+            if x is not None:
                 return x
         return None
 
@@ -469,21 +468,3 @@ def _halve(
     hi_left[rows, dim] = mid
     lo_right[rows, dim] = mid
     return (lo, hi_left), (lo_right, hi)
-
-
-def _into_region(prop: Property, x: FloatArray) -> FloatArray:
-    """Undo a solver's last-digit excursions outside the region: clip to the box / domain and
-    pull an l2 witness back onto the ball."""
-    region = prop.region
-    if isinstance(region, Ball):
-        if region.norm is Norm.L2:
-            d = x - region.center
-            n = float(np.linalg.norm(d))
-            if n > region.eps:
-                x = region.center + d * (region.eps / n)
-        else:
-            x = np.clip(x, region.center - region.eps, region.center + region.eps)
-        return x if region.domain is None else region.domain.clip(x)
-    if isinstance(region, Box):
-        return region.clip(x)
-    return x if region.box is None else region.box.clip(x)
