@@ -35,9 +35,10 @@ ball, or a box), and a goal (alternatives of DNFs of atoms ``c . y + d > 0``):
   sound) but every witness is clamped into it.
 - when no alternative can hold, each unsafe atom's hyperplane is a decision boundary within
   reach: x is projected onto it in the set's own norm (l2: along w; l_inf / box: along
-  sign(w) scaled by r), pushed slightly across, clamped into S and the domain, and
-  re-evaluated in float64 (``Goal.is_counterexample``): FALSIFIED with that witness; else a
-  short PGD; else UNKNOWN. A region or time budget gives TIMEOUT (after the same PGD).
+  sign(w) scaled by r), pushed slightly across, clamped into S and the domain, moved into
+  the closed region and re-evaluated in float64 (``Goal.confirm``): FALSIFIED with that
+  witness; else a short PGD; else UNKNOWN. A region or time budget gives TIMEOUT (after the
+  same PGD).
 
 Work is batched: many patterns of many points per forward pass. The first layer's values and
 reach are cached per point (they do not depend on the pattern). For l2 with more inputs than
@@ -682,8 +683,7 @@ class ProjectionsEngine(EngineBase):
         goal = target.goal
         if not goal.alternatives:
             x = target.centre.reshape(shape)
-            if goal.is_counterexample(x, network.forward64(x[None])[0]):
-                return Verdict.FALSIFIED, "the point itself fails the spec", x
+            return Verdict.FALSIFIED, "the point itself fails the spec", x
         if ex.boundaries:
             cands = _witness_candidates(target, ex.boundaries)
             domain = _domain_of(goal)
@@ -696,7 +696,8 @@ class ProjectionsEngine(EngineBase):
         if self.config.pgd_restarts and self.config.pgd_steps:
             for prop in goal.alternatives:
                 w = pgd_attack(network, prop, rng, self.config.pgd_steps, self.config.pgd_restarts)
-                if w is not None and goal.is_counterexample(w, network.forward64(w[None])[0]):
+                w = None if w is None else goal.confirm(network, w)
+                if w is not None:
                     return Verdict.FALSIFIED, "PGD after a boundary within reach", w
         if ex.outcome is Outcome.BUDGET:
             return Verdict.TIMEOUT, "region or time budget exhausted", None
@@ -704,14 +705,18 @@ class ProjectionsEngine(EngineBase):
 
 
 def _refutes(network: Network, goal: Goal, candidates: FloatArray) -> FloatArray | None:
-    """The first candidate that refutes every alternative of the goal, confirmed by a float64
-    forward pass of that point alone (a batched pass may round differently near a tie)."""
+    """The first candidate that refutes every alternative of the goal: screened by a batched
+    float64 pass, then moved into the closed region (a projection may land an ulp outside)
+    and confirmed by a float64 pass of that point alone (``Goal.confirm``; a batched pass may
+    round differently near a tie)."""
     ys = network.forward64(candidates)
-    for x, y in zip(candidates, ys, strict=True):
-        if goal.is_counterexample(x, y) and goal.is_counterexample(
-            x, network.forward64(x[None])[0]
-        ):
-            return np.asarray(x)
+    violated = np.ones(len(candidates), dtype=bool)
+    for prop in goal.alternatives:
+        violated &= ~prop.predicate.holds(ys)
+    for i in np.flatnonzero(violated):
+        w = goal.confirm(network, candidates[i])
+        if w is not None:
+            return w
     return None
 
 
