@@ -5,7 +5,8 @@ network given by the IR's float64 weights, at the user's float64 point. ``Roundo
 returns logits y_hat (n, m) and E (n,) with ||y_hat - f(x)||_2 <= E.
 
 Model of the arithmetic (IEEE 754, round to nearest, working precision with unit roundoff u
-and underflow unit eta = half the smallest subnormal: 2**-150 in float32, 2**-1075 in float64):
+and underflow unit eta = the smallest normal number, 2**-126 in float32 and 2**-1022 in float64,
+so that flushing denormals to zero is covered too):
 every operation gives fl(a op b) = (a op b)(1 + d) + e with |d| <= u, |e| <= eta (e = 0 for
 additions); storing a float64 constant c in the working precision gives c (1 + d) + e.
 With gamma_k = k u / (1 - k u), each layer contributes a *local* error, in l2 over its
@@ -25,9 +26,11 @@ outputs, at the computed input h (the rule table ``ROUNDOFF``, one rule per IR l
 - ReLU, GroupSort (a permutation) and Flatten are exact: 0;
 - propagated: E_{l+1} <= Lip_l E_l + SAFETY * local_l, Lip_l the layer's proven l2 bound.
 
-Norms ||h|| are computed in float64 on power-of-two rescaled rows (squares never underflow)
-and inflated by their own rounding. A constant that overflows the working precision makes the
-pass refuse to run (``UnsupportedError``: use float64). The unit roundoff is that of the
+Storing the float64 input in float32 adds u ||x|| + eta sqrt(d) (float64: exact). Norms ||h||
+are upper bounds: the float32 norm inflated by its rounding plus a term for squares that
+underflow, or (float64, tiny rows, overflow) float64 norms of power-of-two rescaled rows; each
+is computed once per pass. A constant that overflows the working precision makes the pass
+refuse to run (``UnsupportedError``: use float64). The unit roundoff is that of the
 arithmetic actually used: 2^-24 for float32, 2^-53 for float64, 2^-11 when TF32 matmuls are
 enabled by the user, 2^-8 under float32 matmul precision "medium" (bfloat16); cuDNN's TF32
 convolutions are switched off inside the pass. The analysis assumes sums computed by some
@@ -88,8 +91,10 @@ def unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
 
 
 def underflow_unit(dtype: torch.dtype) -> float:
-    """Half the smallest positive subnormal of ``dtype``: the absolute error of one rounding."""
-    return 2.0**-150 if dtype == torch.float32 else 2.0**-1075
+    """The absolute error of one rounding near zero: the smallest *normal* number of ``dtype``,
+    so that the bound also holds where denormals are flushed to zero (FTZ/DAZ, as some CPU
+    settings and GPU kernels do), not only half the smallest subnormal."""
+    return 2.0**-126 if dtype == torch.float32 else 2.0**-1022
 
 
 def _max_finite(dtype: torch.dtype) -> float:
@@ -287,19 +292,48 @@ class RoundoffForward:
         self.input_shape = network.input_shape
 
     def _norms(self, h: torch.Tensor) -> torch.Tensor:
-        return _safe_rows(h, 2.0**-53)
+        """Per-row upper bounds of ||h||_2 (float64). float32 rows: the float32 norm (any
+        summation, relative error <= gamma_{n+4}) plus sqrt(n) 2^-63 for squares that
+        underflow or flush to zero (each loses < 2^-126); rows that overflow, and rows below
+        2^-30 (where that floor would dominate), are recomputed on power-of-two rescaled
+        float64 rows. float64: always rescaled."""
+        if h.dtype != torch.float32:
+            return _safe_rows(h, 2.0**-53)
+        flat = h.reshape(h.shape[0], -1)
+        n = flat.shape[1]
+        r = torch.linalg.vector_norm(flat, dim=1)
+        out = r.to(torch.float64) * (1 + gamma(n + 4, 2.0**-24)) + math.sqrt(n) * 2.0**-63
+        redo = ~torch.isfinite(r) | (r < 2.0**-30)  # overflow, or tiny rows (no absolute floor)
+        if bool(redo.any()):
+            out[redo] = _safe_rows(flat[redo], 2.0**-53)
+        return out
 
     def __call__(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         """x (n, *input_shape) float64 -> (logits (n, m) float64, error bound E (n,) float64)."""
-        x64 = torch.from_numpy(np.array(x, dtype=np.float64)).reshape((-1, *self.input_shape))
-        x64 = x64.to(self.device)
-        h = x64.to(self.dtype)
-        err = self._norms(h.to(torch.float64) - x64)  # exact differences (Sterbenz / rounding)
-        err = err * (1 + 2.0**-50)
+        arr = np.asarray(x, dtype=np.float64)
+        arr = arr if arr.flags.writeable else arr.copy()
+        x64 = torch.from_numpy(arr).reshape((-1, *self.input_shape))
+        h = x64.to(device=self.device, dtype=self.dtype)
+        cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def norms(t: torch.Tensor) -> torch.Tensor:
+            """``_norms`` once per tensor of this pass (an output is the next layer's input)."""
+            hit = cache.get(id(t))
+            if hit is None or hit[0] is not t:
+                hit = (t, self._norms(t))
+                cache[id(t)] = hit
+            return hit[1]
+
+        p = self.precision
+        d = h[0].numel()
+        if self.dtype == torch.float64:
+            err = torch.zeros(h.shape[0], dtype=torch.float64, device=self.device)
+        else:  # storing x: |h - x| <= u |x| + eta elementwise, and |x| <= (1 + u) |h| + eta
+            err = (p.u * (1 + 2 * p.u) * norms(h) + 2 * p.eta * math.sqrt(d)) * (1 + 2.0**-40)
         with torch.no_grad(), _exact_convolutions(self.device):
             for layer, model in zip(self.module, self.errors, strict=True):
                 y = layer(h)
-                local = model.local(h, y, self._norms)
+                local = model.local(h, y, norms)
                 err = model.lip * err + SAFETY * local
                 h = y
         err = err * (1 + 2.0**-40) + 2.0**-1000  # rounding of the bound's own arithmetic
