@@ -158,3 +158,120 @@ def test_help_lists_the_registered_engines_and_solvers():
     assert "help-toy" not in res.output
     res = CliRunner().invoke(main, ["audit", SPEC, "--solver", "gurobi"])
     assert res.exit_code == 2 and "unknown solver 'gurobi'; available: milp, smt" in res.output
+
+
+def _batchnorm_model():
+    """Conv - BatchNorm2d - ReLU - Flatten - Linear - BatchNorm1d - ReLU - Linear on digits,
+    with random running statistics, in evaluation mode."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    )
+    with torch.no_grad():
+        for bn in (model[1], model[5]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.2, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def _onnx_of(model, path: Path) -> None:
+    """The same network as an ONNX graph (Conv, BatchNormalization, Relu, Flatten, Gemm)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def arr(t):
+        return t.detach().numpy().astype("float32")
+
+    conv, bn2, _, _, fc1, bn1, _, fc2 = model
+    inits = {
+        "cw": arr(conv.weight),
+        "cb": arr(conv.bias),
+        "g2": arr(bn2.weight),
+        "b2": arr(bn2.bias),
+        "m2": arr(bn2.running_mean),
+        "v2": arr(bn2.running_var),
+        "w1": arr(fc1.weight),
+        "c1": arr(fc1.bias),
+        "g1": arr(bn1.weight),
+        "b1": arr(bn1.bias),
+        "m1": arr(bn1.running_mean),
+        "v1": arr(bn1.running_var),
+        "w2": arr(fc2.weight),
+        "c2": arr(fc2.bias),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "cw", "cb"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["a", "g2", "b2", "m2", "v2"], ["b"], epsilon=1e-5),
+        helper.make_node("Relu", ["b"], ["c"]),
+        helper.make_node("Flatten", ["c"], ["d"]),
+        helper.make_node("Gemm", ["d", "w1", "c1"], ["e"], transB=1),
+        helper.make_node("BatchNormalization", ["e", "g1", "b1", "m1", "v1"], ["f"], epsilon=1e-5),
+        helper.make_node("Relu", ["f"], ["g"]),
+        helper.make_node("Gemm", ["g", "w2", "c2"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx_model.ir_version = 8
+    path.write_bytes(onnx_model.SerializeToString())
+
+
+def test_check_runs_torch_and_onnx_models_with_batchnorm_soundly(tmp_path):
+    """BatchNorm end to end: a torch model (converted with Network.from_torch, saved as a model
+    file) and the same network as an ONNX file both run in `verispec check`; they agree, and
+    no certified point has a counterexample that PGD can find."""
+    import numpy as np
+
+    import verispec as vs
+    from verispec.attacks import pgd_attack
+    from verispec.network import Network
+
+    model = _batchnorm_model()
+    net = Network.from_torch(model, (1, 8, 8))
+    assert [layer.kind for layer in net.layers].count("batchnorm") == 2
+    vs.save_model(net, tmp_path / "bn.pt")
+    _onnx_of(model, tmp_path / "bn.onnx")
+    payloads = []
+    for name in ("bn.pt", "bn.onnx"):
+        spec = tmp_path / f"{name}.toml"
+        spec.write_text(
+            f'model = "{name}"\n[data]\nsource = "sklearn:digits"\nsplit = "test"\n'
+            'domain = [0.0, 1.0]\n[engine]\nname = "lipschitz"\n'
+            '[[property]]\nname = "l2"\nkind = "local_robustness"\neps = 0.02\nnorm = "l2"\n'
+        )
+        out = tmp_path / f"{name}.json"
+        res = CliRunner().invoke(main, ["check", str(spec), "--limit", "60", "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        payloads.append(json.loads(out.read_text())["reports"][0])
+    torch_report = payloads[0]
+    verdicts = [[r["verdict"] for r in p["results"]] for p in payloads]
+    assert verdicts[0] == verdicts[1]
+    assert "certified" in verdicts[0]  # the check is not vacuous
+    radii = [np.array([r["radius"] for r in p["results"]], dtype=float) for p in payloads]
+    np.testing.assert_allclose(radii[0], radii[1], rtol=1e-4, atol=1e-9)
+    data = vs.load_data("sklearn:digits", vs.Split.TEST)
+    rng = np.random.default_rng(0)
+    spec_obj = vs.LocalRobustness(0.02, vs.Norm.L2)
+    for x, result in zip(data.x[:60], torch_report["results"], strict=True):
+        if result["verdict"] != "certified":
+            continue
+        y = net.forward64(x[None])[0]
+        goal = spec_obj.at(x, y, vs.Box.uniform(0.0, 1.0, x.shape))
+        for prop in goal.alternatives:
+            assert pgd_attack(net, prop, rng, steps=20, restarts=2) is None

@@ -13,7 +13,7 @@ import numpy as np
 from verispec.data import Dataset
 from verispec.engines.base import Engine, engine_class
 from verispec.errors import DataError
-from verispec.modelfile import load_model
+from verispec.modelfile import load_network
 from verispec.network import Network
 from verispec.regions import Box, FloatArray
 from verispec.results import BatchResult, CheckResult, Report, Verdict
@@ -28,10 +28,10 @@ CHUNK = 1024
 
 
 def as_network(model: Network | str | Path) -> Network:
-    """A network IR from an IR or a model file path."""
+    """A network IR from an IR or a path (a verispec model file, or an ONNX file)."""
     if isinstance(model, Network):
         return model
-    return load_model(model)[0]
+    return load_network(model)
 
 
 def describe(spec: Spec) -> str:

@@ -44,7 +44,7 @@ import torch
 from verispec.data import Dataset, Split, load_data
 from verispec.engines.base import engine_class
 from verispec.errors import DataError, ModelFileError, SpecError, SpecFileError, UnsupportedError
-from verispec.modelfile import load_model
+from verispec.modelfile import load_network
 from verispec.network import Network
 from verispec.properties import Clause, Predicate
 from verispec.regions import Box, Norm, Polytope
@@ -212,7 +212,7 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
 
 def _model(t: _Table, base: Path) -> Network:
     try:
-        return load_model(base / t.get("model", str, required=True))[0]
+        return load_network(base / t.get("model", str, required=True))
     except ModelFileError as err:
         raise t.error("model", str(err)) from None
 
