@@ -10,6 +10,10 @@ published bug classes; tests use them to show the check can fail.
 
 from __future__ import annotations
 
+import itertools
+import math
+import os
+import pickle
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any, ClassVar
@@ -27,10 +31,10 @@ from verispec.engines.lipschitz import LipschitzBounds, LipschitzEngine
 from verispec.engines.projections import ProjectionsConfig
 from verispec.engines.smoothing import SmoothingConfig, SmoothingEngine
 from verispec.network import Network
-from verispec.properties import Goal, Property
+from verispec.properties import Goal, Predicate, Property, argmax_in
 from verispec.regions import Ball, Box, FloatArray, Norm, Polytope, Region
 from verispec.results import CheckResult, GuaranteeKind, Verdict
-from verispec.specs import LocalRobustness, SafeOrdering, Spec
+from verispec.specs import LocalRobustness, RelaxedTopK, SafeOrdering, Spec
 
 BATCHNORM: type | None = getattr(vn, "BatchNorm", None)
 """The IR's BatchNorm layer once the library has one (issue 12); None before."""
@@ -57,70 +61,114 @@ def _channel_shape(ndim: int) -> tuple[int, ...]:
     return (1, -1) + (1,) * (ndim - 2)
 
 
-def _np_dense(layer: Any, h: FloatArray) -> FloatArray:
-    return np.asarray(h @ np.asarray(layer.weight).T + layer.bias)
+Arr = Callable[[Any], Any]
+"""Converts a layer's float64 array to the arithmetic of the pass: ``np.asarray`` (float64) or
+``exact_array`` (rationals: numpy object arrays of Fractions)."""
 
 
-def _windows(h: FloatArray, kernel: tuple[int, int], stride: tuple[int, int]) -> FloatArray:
+def exact_array(a: Any) -> Any:
+    """An object array of the exact rationals of a float64 array (or scalar)."""
+    arr = np.asarray(a, dtype=np.float64)
+    out = np.empty(arr.shape, dtype=object)
+    out.flat[:] = [Fraction(float(v)) for v in arr.flat]
+    return out
+
+
+def _np_dense(layer: Any, h: Any, arr: Arr) -> Any:
+    return h @ arr(layer.weight).T + arr(layer.bias)
+
+
+def _windows(h: Any, kernel: tuple[int, int], stride: tuple[int, int]) -> Any:
     """(n, c, oh, ow, kh, kw) windows of ``h`` (n, c, H, W), floor mode."""
     win = sliding_window_view(h, kernel, axis=(2, 3))
-    return np.asarray(win[:, :, :: stride[0], :: stride[1]])
+    return win[:, :, :: stride[0], :: stride[1]]
 
 
-def _np_conv2d(layer: Any, h: FloatArray) -> FloatArray:
+def _np_conv2d(layer: Any, h: Any, arr: Arr) -> Any:
     ph, pw = layer.padding
-    padded = np.pad(h, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    padded = np.pad(h, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=arr(0.0))
     win = _windows(padded, tuple(layer.weight.shape[2:]), layer.stride)
-    out = np.einsum("ncyxij,ocij->noyx", win, np.asarray(layer.weight))
-    return np.asarray(out + np.asarray(layer.bias).reshape(1, -1, 1, 1))
+    out = np.einsum("ncyxij,ocij->noyx", win, arr(layer.weight))
+    return out + arr(layer.bias).reshape(1, -1, 1, 1)
 
 
-def _np_groupsort(layer: Any, h: FloatArray) -> FloatArray:
+def _np_relu(layer: Any, h: Any, arr: Arr) -> Any:
+    return np.maximum(h, arr(0.0))
+
+
+def _np_groupsort(layer: Any, h: Any, arr: Arr) -> Any:
     n, c = h.shape[:2]
     g = layer.group_size
     grouped = h.reshape(n, c // g, g, *h.shape[2:])
     return np.sort(grouped, axis=2).reshape(h.shape)
 
 
-def _np_normalize(layer: Any, h: FloatArray) -> FloatArray:
+def _np_flatten(layer: Any, h: Any, arr: Arr) -> Any:
+    return h.reshape(h.shape[0], -1)
+
+
+def _np_normalize(layer: Any, h: Any, arr: Arr) -> Any:
     shape = _channel_shape(h.ndim)
-    return np.asarray((h - np.asarray(layer.mean).reshape(shape)) / layer.std.reshape(shape))
+    return (h - arr(layer.mean).reshape(shape)) / arr(layer.std).reshape(shape)
 
 
-def _np_avgpool(layer: Any, h: FloatArray) -> FloatArray:
-    return np.asarray(_windows(h, layer.kernel, layer.stride).mean(axis=(-2, -1)))
+def _np_avgpool(layer: Any, h: Any, arr: Arr) -> Any:
+    win = _windows(h, layer.kernel, layer.stride)
+    return win.sum(axis=(-2, -1)) / (layer.kernel[0] * layer.kernel[1])
 
 
-def _np_batchnorm(layer: Any, h: FloatArray) -> FloatArray:
+def _np_batchnorm(layer: Any, h: Any, arr: Arr) -> Any:
     shape = _channel_shape(h.ndim)
-    return np.asarray(h * np.asarray(layer.scale).reshape(shape) + layer.shift.reshape(shape))
+    return h * arr(layer.scale).reshape(shape) + arr(layer.shift).reshape(shape)
 
 
-Rule = Callable[[Any, FloatArray], FloatArray]
+Rule = Callable[[Any, Any, Arr], Any]
 REFERENCE_RULES: dict[type, Rule] = {
     vn.Dense: _np_dense,
     vn.Conv2d: _np_conv2d,
-    vn.ReLU: lambda layer, h: np.maximum(h, 0.0),
+    vn.ReLU: _np_relu,
     vn.GroupSort: _np_groupsort,
-    vn.Flatten: lambda layer, h: h.reshape(h.shape[0], -1),
+    vn.Flatten: _np_flatten,
     vn.Normalize: _np_normalize,
     vn.AvgPool2d: _np_avgpool,
 }
-"""The reference forward rule of every IR layer type (a test asserts the table is complete)."""
+"""The reference forward rule of every IR layer type, in float64 or in exact rationals (a test
+asserts the table is complete)."""
 if BATCHNORM is not None:
     REFERENCE_RULES[BATCHNORM] = _np_batchnorm
+
+
+def _run(network: Network, h: Any, arr: Arr) -> Any:
+    for layer in network.layers:
+        rule = REFERENCE_RULES.get(type(layer))
+        if rule is None:
+            raise NotImplementedError(f"no reference rule for layer {layer.kind}")
+        h = rule(layer, h, arr)
+    return h.reshape(h.shape[0], -1)
 
 
 def reference_forward(network: Network, x: FloatArray) -> FloatArray:
     """Float64 logits (n, m) of ``x`` (n, *input_shape) by numpy on the IR's float64 arrays."""
     h = np.array(x, dtype=np.float64).reshape((-1, *network.input_shape))
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-        for layer in network.layers:
-            rule = REFERENCE_RULES.get(type(layer))
-            if rule is None:
-                raise NotImplementedError(f"no reference rule for layer {layer.kind}")
-            h = rule(layer, h)
-    return h.reshape(h.shape[0], -1)
+        return np.asarray(_run(network, h, np.asarray), dtype=np.float64)
+
+
+def exact_forward(network: Network, x: FloatArray) -> Any:
+    """The exact logits (n, m) of ``x`` (n, *input_shape) in rational arithmetic (an object
+    array of Fractions): the network as a real function, no rounding anywhere."""
+    h = exact_array(np.asarray(x, dtype=np.float64).reshape((-1, *network.input_shape)))
+    return _run(network, h, exact_array)
+
+
+def exact_holds(predicate: Predicate, y: Any) -> bool:
+    """Whether the predicate holds at exact logits ``y`` (m,): some clause with every atom
+    C y + d > 0 in rationals."""
+    for clause in predicate.clauses:
+        values = exact_array(clause.C) @ y + exact_array(clause.d)
+        if all(v > 0 for v in values):
+            return True
+    return False
 
 
 def _torch_channel(a: FloatArray, ndim: int) -> torch.Tensor:
@@ -164,6 +212,28 @@ def torch_forward64(network: Network, x: torch.Tensor) -> torch.Tensor:
     for layer in network.layers:
         h = TORCH_RULES[type(layer)](layer, h)
     return h.reshape(h.shape[0], -1)
+
+
+def linear_radius(network: Network, x: FloatArray, norm: Norm) -> float:
+    """The distance from ``x`` to the decision boundary of the network linearised at ``x``
+    (exact for a linear network): min over j of (y_c - y_j) / ||grad(y_c - y_j)||_dual, on the
+    reference. 0 at a tie; inf when no other class can catch up."""
+    xt = torch.tensor(np.asarray(x, dtype=np.float64)[None], requires_grad=True)
+    y = torch_forward64(network, xt)[0]
+    c = int(torch.argmax(y))
+    best = math.inf
+    dual = 1.0 if norm is Norm.LINF else 2.0
+    for j in range(y.numel()):
+        if j == c:
+            continue
+        (g,) = torch.autograd.grad(y[c] - y[j], xt, retain_graph=True)
+        flat = g.flatten().numpy()
+        s = float(np.max(np.abs(flat)))
+        if s == 0.0:
+            continue
+        size = s * float(np.linalg.norm(flat / s, ord=dual))
+        best = min(best, float(y[c] - y[j]) / size)
+    return best
 
 
 def _fractions(a: FloatArray) -> list[Fraction]:
@@ -261,22 +331,114 @@ def into_region(region: Region, x: FloatArray) -> FloatArray:
 
 
 def is_counterexample(network: Network, goal: Goal, x: FloatArray) -> bool:
-    """Whether ``x`` refutes every alternative of the goal: it lies exactly in each region and
-    the reference float64 logits violate each predicate. (A goal without alternatives fails at
+    """Whether ``x`` refutes every alternative of the goal in exact arithmetic: it lies in each
+    region and the exact logits violate each predicate. (A goal without alternatives fails at
     its point: any x does.)"""
-    y = reference_forward(network, np.asarray(x)[None])
-    if not np.all(np.isfinite(y)):
+    if not all(exactly_in(p.region, x) for p in goal.alternatives):
         return False
-    return all(exactly_in(p.region, x) and not p.predicate.holds(y)[0] for p in goal.alternatives)
+    y = exact_forward(network, np.asarray(x)[None])[0]
+    return not any(exact_holds(p.predicate, y) for p in goal.alternatives)
+
+
+def float64_counterexample(network: Network, goal: Goal, x: FloatArray) -> bool:
+    """The same test with the reference float64 logits (the library's definition of a witness:
+    one that violates the predicate when re-evaluated in float64), membership still exact."""
+    if not all(exactly_in(p.region, x) for p in goal.alternatives):
+        return False
+    y = reference_forward(network, np.asarray(x)[None])
+    return bool(np.all(np.isfinite(y))) and not any(
+        p.predicate.holds(y)[0] for p in goal.alternatives
+    )
+
+
+def exact_ranking(y: Any) -> list[int]:
+    """Classes best first by exact logits ``y`` (m,), ties broken by the lower index."""
+    return sorted(range(len(y)), key=lambda i: (-y[i], i))
+
+
+def _goal_for(spec: Spec, order: list[int], x: FloatArray, domain: Box | None) -> Goal:
+    """The goal of a point spec at ``x`` when the classes rank as ``order`` (best first)."""
+    assert not isinstance(spec, SafeOrdering)
+    m = len(order)
+    if isinstance(spec, LocalRobustness):
+        sets = [order[:1]]
+    elif isinstance(spec, RelaxedTopK):
+        sets = [order[: spec.k]]
+    else:
+        sets = [sorted(g) for g in spec.groups_of(order[0])]
+    ball = Ball(x, spec.eps, spec.norm, domain)
+    return Goal(tuple(Property(ball, argmax_in(g, m)) for g in sets))
 
 
 def reference_goals(network: Network, spec: Spec, xs: FloatArray, domain: Box | None) -> list[Goal]:
-    """The goal of ``spec`` at each point, its predicted class from the reference logits (one
-    global goal for a safe-ordering spec)."""
+    """The goal of ``spec`` at each point, its classes ranked by the exact logits (one global
+    goal for a safe-ordering spec)."""
     if isinstance(spec, SafeOrdering):
         return [Goal((spec.as_property(),))]
-    logits = reference_forward(network, xs)
-    return [spec.at(x, y, domain) for x, y in zip(xs, logits, strict=True)]
+    ys = exact_forward(network, xs)
+    return [_goal_for(spec, exact_ranking(y), x, domain) for x, y in zip(xs, ys, strict=True)]
+
+
+FLOAT64_SLACK = 2.0**-40
+"""Logits closer than this times their magnitude bound are tied for float64: a float64 pass in
+another summation order may rank them either way (the error is ~ n u magnitude, u = 2^-53)."""
+
+
+def _magnitudes(network: Network, x: FloatArray) -> FloatArray:
+    """Bounds (m,) on the magnitude of every term summed into each logit at ``x`` (|W| |h| +
+    |b| layer by layer): float64 errors are a small multiple of u times these."""
+    h = np.abs(np.asarray(x, dtype=np.float64)).reshape((1, *network.input_shape))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for layer in network.layers:
+            if isinstance(layer, vn.Normalize):
+                shape = _channel_shape(h.ndim)
+                h = (h + np.abs(layer.mean).reshape(shape)) / np.abs(layer.std).reshape(shape)
+            elif isinstance(layer, vn.GroupSort):
+                n, c = h.shape[:2]
+                g = layer.group_size
+                grouped = h.reshape(n, c // g, g, *h.shape[2:])
+                h = np.broadcast_to(grouped.max(axis=2, keepdims=True), grouped.shape).reshape(
+                    h.shape
+                )
+            else:
+                h = REFERENCE_RULES[type(layer)](layer, h, np.abs)
+    return np.asarray(h.reshape(-1))
+
+
+def plausible_goals(network: Network, spec: Spec, x: FloatArray, domain: Box | None) -> list[Goal]:
+    """The goals of a point spec at ``x`` under every ranking a float64 pass could give: classes
+    whose exact logits are within float64 resolution of each other may swap. A witness refuting
+    any of them is a fair float64 witness (the engine's own float64 pass decides F(x))."""
+    if isinstance(spec, SafeOrdering):
+        return [Goal((spec.as_property(),))]
+    y = exact_forward(network, np.asarray(x)[None])[0]
+    slack = Fraction(float(FLOAT64_SLACK * np.max(_magnitudes(network, x))))
+    order = exact_ranking(y)
+    clusters: list[list[int]] = [[order[0]]]
+    for a, b in itertools.pairwise(order):
+        if y[a] - y[b] <= slack:
+            clusters[-1].append(b)
+        else:
+            clusters.append([b])
+    rankings: list[list[int]] = [[]]
+    for cluster in clusters:
+        rankings = [r + list(p) for r in rankings for p in itertools.permutations(cluster)][:120]
+    return [_goal_for(spec, r, x, domain) for r in rankings]
+
+
+def fair_witness(
+    network: Network, spec: Spec, x: FloatArray | None, domain: Box | None, w: FloatArray
+) -> bool:
+    """Whether ``w`` is a fair witness against ``spec`` at ``x`` (None for a safe ordering): it
+    lies exactly in the region and refutes, exactly or on the float64 reference, the goal of
+    some ranking a float64 pass could give at ``x``."""
+    if isinstance(spec, SafeOrdering) or x is None:
+        goals = [Goal((spec.as_property(),))] if isinstance(spec, SafeOrdering) else []
+    else:
+        goals = plausible_goals(network, spec, x, domain)
+    return any(
+        is_counterexample(network, g, w) or float64_counterexample(network, g, w) for g in goals
+    )
 
 
 def _covers_domain(region: Ball) -> bool:
@@ -410,10 +572,10 @@ def first_counterexample(
         return None
     home = goal.alternatives[0].region
     ys = reference_forward(network, candidates)
-    bad = np.ones(len(candidates), dtype=bool)
-    for prop in goal.alternatives:
-        bad &= ~prop.predicate.holds(ys)
-    for i in np.flatnonzero(bad)[:limit]:
+    with np.errstate(invalid="ignore", over="ignore"):
+        slack = np.max([p.predicate.slack(ys) for p in goal.alternatives], axis=0)
+        near = slack <= 1e-10 * np.max(np.abs(ys), axis=1)  # violated, or too close to call
+    for i in np.flatnonzero(near)[np.argsort(slack[near])][:limit]:
         w = into_region(home, candidates[i])
         if is_counterexample(network, goal, w):
             return w
@@ -488,6 +650,7 @@ def soundness_problems(
         raise ValueError(f"{engine.name} is probabilistic: check it statistically")
     goals = reference_goals(network, spec, xs, domain)
     logits = reference_forward(network, xs) if len(xs) else np.zeros((0, network.num_classes))
+    exact = exact_forward(network, xs) if len(xs) else []
     rng = np.random.default_rng(seed)
     problems = []
     for i, (goal, claim) in enumerate(zip(goals, claims, strict=True)):
@@ -504,7 +667,7 @@ def soundness_problems(
                 assert not isinstance(spec, SafeOrdering)
                 if not exactly_in(Ball(xs[i], spec.eps, spec.norm, domain), w):
                     problems.append(f"{where}: the witness {w.tolist()} is outside the ball")
-            elif not is_counterexample(network, goal, w):
+            elif not fair_witness(network, spec, None if ordering else xs[i], domain, w):
                 y = reference_forward(network, np.asarray(w)[None])[0]
                 out = excess(goal.alternatives[0].region, np.asarray(w))
                 place = "in the region" if out is None else f"OUTSIDE the region by {out:.3g}"
@@ -518,7 +681,10 @@ def soundness_problems(
             problems.append(f"{where}: certified, but the spec fails at the point itself")
             continue
         predicted = claim.predicted
-        if isinstance(spec, LocalRobustness) and predicted not in (None, int(np.argmax(logits[i]))):
+        if isinstance(spec, LocalRobustness) and predicted not in (
+            None,
+            exact_ranking(exact[i])[0],
+        ):
             problems.append(f"{where}: certified class {claim.predicted}, the reference's differs")
         w = refute(network, goal, rng)
         how = "an attack"
@@ -534,9 +700,18 @@ def soundness_problems(
     return problems
 
 
+DUMP = "VERISPEC_SOUNDNESS_DUMP"
+"""Environment variable: a file each failing case (engine name, network, spec, points, domain,
+problems) is pickled into, to replay it with full-precision weights."""
+
+
 def assert_sound(*args: Any, **kwargs: Any) -> None:
     """``soundness_problems(*args, **kwargs)`` is empty; the message lists every problem."""
     problems = soundness_problems(*args, **kwargs)
+    if problems and os.environ.get(DUMP):
+        engine, network, spec, xs, domain = args[:5]
+        with open(os.environ[DUMP], "ab") as f:
+            pickle.dump((engine.name, network, spec, xs, domain, problems), f)
     assert not problems, "\n".join(problems)
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import verispec.network as vn
-from tests.soundness import BATCHNORM, reference_forward
+from tests.soundness import BATCHNORM, linear_radius, reference_forward
 from verispec.layers import GroupSort, MinMax
 from verispec.network import Network
 from verispec.properties import Clause, Predicate
@@ -665,15 +665,28 @@ hard_epsilons = st.sampled_from([0.05, 1e-12, 1e-9, 1e-6, 1e-3, 0.3, 1.0, 3.0, 1
 """Tiny (a ball of radius 1e-12 on a boundary), ordinary and huge (1e300: the whole domain)."""
 
 
+RADIUS_FACTORS = (1.5, 1.001, 1.01, 1.1, 3.0, 10.0, 0.5)
+"""eps as a multiple of the linearised radius: just above it, where an over-estimated radius
+(a dropped 1/std, an error bound ignoring underflow) certifies what does not hold."""
+
+
 @st.composite
 def hard_point_specs(
     draw: st.DrawFn,
     num_classes: int,
     kinds: tuple[str, ...] = ("LocalRobustness", "RelaxedTopK", "Affinity"),
+    network: Network | None = None,
+    point: FloatArray | None = None,
 ) -> LocalRobustness | RelaxedTopK | Affinity:
-    """``point_specs`` with the eps of ``hard_epsilons``."""
+    """``point_specs`` with the eps of ``hard_epsilons``, or (given a network and a point) a
+    multiple of the distance to the point's linearised decision boundary."""
     spec = draw(point_specs(num_classes, kinds))
-    return attrs.evolve(spec, eps=draw(hard_epsilons))
+    eps = draw(hard_epsilons)
+    if network is not None and point is not None and draw(st.booleans()):
+        radius = linear_radius(network, point, spec.norm)
+        if 0.0 < radius < 1e300:
+            eps = radius * draw(st.sampled_from(RADIUS_FACTORS))
+    return attrs.evolve(spec, eps=eps)
 
 
 @st.composite
