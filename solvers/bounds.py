@@ -598,15 +598,11 @@ def batch_bounds(
 def batch_unstable(
     net: PiecewiseLinearNet, los: list[FloatArray], his: list[FloatArray]
 ) -> NDArray:
-    """Number of unstable ReLUs of each box."""
-    return np.asarray(
-        sum(
-            (
-                (m & (lo < 0) & (hi > 0)).sum(axis=1)
-                for m, lo, hi in zip(net.relu, los, his, strict=False)
-            )
-        )
-    )
+    """Number of unstable ReLUs of each box (B,) (zeros for a network without ReLUs)."""
+    count = np.zeros(los[0].shape[0] if los else 0, dtype=np.int64)
+    for m, lo, hi in zip(net.relu, los, his, strict=False):
+        count = count + (m & (lo < 0) & (hi > 0)).sum(axis=1)
+    return count
 
 
 def batch_back_substitute(

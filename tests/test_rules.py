@@ -12,6 +12,7 @@ from verispec.solvers.lowering import LOWERING, lower
 from verispec.engines.lipschitz_bounds import LIPSCHITZ, layer_bounds, network_lipschitz
 from verispec.engines.roundoff import ROUNDOFF, RoundoffForward
 from verispec.errors import UnsupportedLayerError
+from verispec.exact_forward import EXACT_FORWARD, exact_logits
 from verispec.ir import (
     LAYER_TYPES,
     AvgPool2d,
@@ -45,7 +46,7 @@ SAMPLES: dict[type, tuple[Layer, tuple[int, ...]]] = {
     AvgPool2d: (AvgPool2d(2, 1), (1, 3, 3)),
 }
 
-TABLES: list[RuleTable] = [TORCH_FORWARD, CODECS, LIPSCHITZ, ROUNDOFF, LOWERING]
+TABLES: list[RuleTable] = [TORCH_FORWARD, CODECS, LIPSCHITZ, ROUNDOFF, LOWERING, EXACT_FORWARD]
 
 
 def _net(layer_type: type) -> Network:
@@ -174,3 +175,12 @@ def test_roundoff_bound_covers_the_float32_error(layer_type: type):
     assert np.all(actual <= err)
     # and it is not vacuous: within ~10^4 float32 ulps of the logits' scale
     assert np.all(err < 1e-3 * (1 + np.linalg.norm(logits, axis=1)))
+
+
+@pytest.mark.parametrize("layer_type", list(SAMPLES), ids=lambda t: t.__name__)
+def test_exact_forward_is_the_float64_forward_without_rounding(layer_type: type):
+    net = _net(layer_type)
+    xs = RNG.uniform(-2, 2, size=(3, *net.input_shape))
+    for x, y in zip(xs, net.forward64(xs), strict=True):
+        exact = np.array([float(v) for v in exact_logits(net, x)])
+        np.testing.assert_allclose(exact, y, rtol=1e-12, atol=1e-12)

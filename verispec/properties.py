@@ -7,7 +7,9 @@ componentwise. That is exactly what VNN-LIB can state. The empty disjunction is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 
 import attrs
 import numpy as np
@@ -54,6 +56,11 @@ class Clause:
         return y @ self.C.T + self.d
 
 
+CLEAR_VIOLATION = 1e-11
+"""A witness whose float64 slack is within ``CLEAR_VIOLATION`` (1 + max |y|) of zero (far above
+float64 rounding) is decided in exact rational arithmetic (``verispec.exact_forward``)."""
+
+
 def _clauses(value: Iterable[Clause]) -> tuple[Clause, ...]:
     return tuple(value)
 
@@ -81,6 +88,18 @@ class Predicate:
             per = vals.min(axis=1) if vals.shape[1] else np.full(y.shape[0], np.inf)
             out = np.maximum(out, per)
         return out
+
+    def exact_slack(self, y: Sequence[Fraction]) -> Fraction | float:
+        """``slack`` for one vector of exact logits (rationals); -inf for the empty
+        disjunction, +inf for a clause with no atoms."""
+        best: Fraction | float = -math.inf
+        for clause in self.clauses:
+            worst: Fraction | float = math.inf
+            for row, d in zip(clause.C.tolist(), clause.d.tolist(), strict=True):
+                value = sum((Fraction(c) * v for c, v in zip(row, y, strict=True)), Fraction(d))
+                worst = min(worst, value)
+            best = max(best, worst)
+        return best
 
     def holds(self, y: FloatArray) -> np.ndarray:
         """Boolean (n,): whether the predicate holds for each row of ``y`` (n, m)."""
@@ -126,7 +145,8 @@ class Property:
     def confirm(self, network: Network, x: FloatArray) -> FloatArray | None:
         """The witness to report for a candidate ``x`` (input shape): ``x`` moved into the
         region (``Region.inside``) and re-checked by a float64 forward pass on the network's
-        exact weights; None when that point is not a counterexample."""
+        exact weights (exactly, in rationals, when float64 is within rounding of zero:
+        ``CLEAR_VIOLATION``); None when that point is not a counterexample."""
         return _confirm(network, self.region, (self,), x)
 
 
@@ -163,4 +183,14 @@ def _confirm(
     if moved is None:
         return None
     y = network.forward64(moved[None])[0]
-    return moved if all(p.is_counterexample(moved, y) for p in props) else None
+    band = CLEAR_VIOLATION * (1.0 + float(np.max(np.abs(y))))
+    slacks = [float(p.predicate.slack(y[None])[0]) for p in props]
+    if any(s > band for s in slacks):
+        return None  # the predicate clearly holds for some alternative
+    if all(s <= -band for s in slacks):
+        return moved
+    # within rounding of zero: decide in exact rational arithmetic
+    from verispec.exact_forward import exact_logits
+
+    exact = exact_logits(network, moved)
+    return moved if all(p.predicate.exact_slack(exact) <= 0 for p in props) else None

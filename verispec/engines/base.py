@@ -158,7 +158,7 @@ class EngineBase(abc.ABC):
             )
         if batch.engine != self.name:
             batch = attrs.evolve(batch, engine=self.name)
-        return batch
+        return _undecided_at_near_ties(network, spec, xs, batch)
 
     def _decide_affinity(
         self, network: Network, spec: Affinity, xs: FloatArray, domain: Box | None
@@ -199,6 +199,54 @@ class EngineBase(abc.ABC):
             parts.insert(0, decided)
         order = np.concatenate([rest, np.array(own, dtype=np.int64)])
         return BatchResult.concat(parts).take(np.argsort(order, kind="stable"))
+
+
+NEAR_TIE = 1e-11
+"""Relative gap between ranked logits at x below which float64 does not decide the ranking
+(``NEAR_TIE * (1 + max |y|)``): a spec compiled from that ranking is never FALSIFIED there."""
+
+NEAR_TIE_DETAIL = "near-tie at the point: float64 does not decide its ranking of the classes"
+
+
+def _undecided_at_near_ties(
+    network: Network, spec: PointSpec, xs: FloatArray, batch: BatchResult
+) -> BatchResult:
+    """FALSIFIED -> UNKNOWN where the spec's ranking at x (top two classes; the first k + 1 for
+    relaxed top-k) is a float64 near-tie that exact rational arithmetic does not confirm: the
+    goal itself may name the wrong class, so a witness against it proves nothing. (CERTIFIED
+    needs a strict margin and cannot occur.)"""
+    falsified = np.flatnonzero(batch.verdicts == Verdict.FALSIFIED.code)
+    if not len(falsified):
+        return batch
+    ys = np.sort(network.forward64(xs[falsified]), axis=1)[:, ::-1]
+    depth = min(ys.shape[1], spec.k + 1 if isinstance(spec, RelaxedTopK) else 2)
+    gaps = np.min(ys[:, : depth - 1] - ys[:, 1:depth], axis=1) if depth > 1 else np.inf
+    scale = 1.0 + np.max(np.abs(ys), axis=1)
+    close = falsified[gaps <= NEAR_TIE * scale]
+    tied = np.array(
+        [i for i in close.tolist() if not _float_ranking_is_exact(network, xs[i], depth)],
+        dtype=np.int64,
+    )
+    if not len(tied):
+        return batch
+    verdicts = batch.verdicts.copy()
+    verdicts[tied] = Verdict.UNKNOWN.code
+    details = dict(batch.details)
+    details.update(dict.fromkeys(tied.tolist(), NEAR_TIE_DETAIL))
+    witnesses = {k: v for k, v in batch.counterexamples.items() if k not in set(tied.tolist())}
+    return attrs.evolve(batch, verdicts=verdicts, details=details, counterexamples=witnesses)
+
+
+def _float_ranking_is_exact(network: Network, x: FloatArray, depth: int) -> bool:
+    """Whether the float64 ranking of the first ``depth`` classes at x (argmax order: ties to
+    the lower index) is the exact one (rational arithmetic)."""
+    from verispec.exact_forward import exact_logits
+
+    y = network.forward64(x[None])[0]
+    exact = exact_logits(network, x)
+    float_order = np.argsort(-y, kind="stable")[:depth].tolist()
+    exact_order = sorted(range(len(exact)), key=lambda j: (-exact[j], j))[:depth]
+    return bool(float_order == exact_order)
 
 
 def validate_points(network: Network, xs: Any, domain: Box | None = None) -> FloatArray:
