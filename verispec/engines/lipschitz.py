@@ -26,8 +26,13 @@ import torch
 
 from verispec.attacks import first_counterexample, sample_attack
 from verispec.engines.base import EngineBase, batches, register_engine, resolve_device
-from verispec.engines.lipschitz_bounds import LipschitzBounds, layer_bounds, network_lipschitz
-from verispec.engines.roundoff import RoundoffForward
+from verispec.engines.lipschitz_bounds import (
+    LipschitzBounds,
+    layer_bounds,
+    network_lipschitz,
+    safe_l2,
+)
+from verispec.engines.roundoff import RoundoffForward, check_representable
 from verispec.errors import UnsupportedError
 from verispec.network import Dense, Network
 from verispec.regions import Box, FloatArray, Norm
@@ -83,6 +88,7 @@ class LipschitzEngine(EngineBase):
             raise UnsupportedError(
                 "the lipschitz engine needs a final dense layer for point specifications"
             )
+        check_representable(network, self.config.precision)
 
     def _decide_points(
         self, network: Network, spec: PointSpec, xs: FloatArray, domain: Box | None
@@ -142,16 +148,25 @@ class LipschitzEngine(EngineBase):
             )
         centre = box.center
         logits, err = self._forward(network)(centre[None])
-        radius_l2 = box.l2_radius
-        radius_inf = float(np.max(box.hi - box.lo)) / 2.0
+        # the farthest any point of the box lies from the (rounded) centre, rounded up
+        reach = np.maximum(box.hi - centre, centre - box.lo).ravel() * _UP
+        radius_l2 = float(safe_l2(reach[None])[0]) * _UP
+        radius_inf = float(np.max(reach, initial=0.0))
         l2 = self.bounds(network, Norm.L2)
         linf = self.bounds(network, Norm.LINF)
         certified_clause = None
         for k, clause in enumerate(prop.predicate.clauses):
             values = clause.values(logits)[0]
-            slack_err = np.linalg.norm(clause.C, axis=1) * err[0]
+            # evaluating C y + d rounds: |error| <= gamma_{m+2} (|C| |y| + |d|)
+            rounding = (
+                (clause.C.shape[1] + 2)
+                * 2.0**-52
+                * (np.abs(clause.C) @ np.abs(logits[0]) + np.abs(clause.d))
+            )
+            slack_err = safe_l2(clause.C) * err[0]
             move = np.minimum(l2.of(clause.C) * radius_l2, linf.of(clause.C) * radius_inf)
-            if clause.C.shape[0] == 0 or np.all(values - slack_err - move > 0):
+            needed = (slack_err + move + rounding) * _UP
+            if clause.C.shape[0] == 0 or np.all(values * _DOWN - needed > 0):
                 certified_clause = k
                 break
         verdict = Verdict.CERTIFIED if certified_clause is not None else Verdict.UNKNOWN
@@ -185,7 +200,7 @@ def _decide(
     eps = spec.eps
     if isinstance(spec, LocalRobustness):
         c = np.argmax(logits, axis=1)
-        low = logits[rows, c][:, None] - logits - SQRT2 * err[:, None]
+        low = _low(logits[rows, c][:, None] - logits, err[:, None])
         k_c = pair_k[c]
         radius = _ratio(low, k_c)
         radius[rows, c] = np.inf
@@ -195,7 +210,7 @@ def _decide(
         margin = np.where(finite, slack.min(axis=1), -np.inf)
         return Decision(r > eps, r, margin, {})
     order = np.argsort(-logits, axis=1, kind="stable")
-    low = logits[:, :, None] - logits[:, None, :] - SQRT2 * err[:, None, None]
+    low = _low(logits[:, :, None] - logits[:, None, :], err[:, None, None])
     ratio = _ratio(low, pair_k[None])
     slack = low - eps * pair_k[None]
     ranks = np.empty_like(order)
@@ -234,10 +249,22 @@ def _decide(
     return Decision(certified, best, margin, details)
 
 
+_DOWN = 1.0 - 2.0**-50
+_UP = 1.0 + 2.0**-50
+
+
+def _low(diff: FloatArray, err: FloatArray) -> FloatArray:
+    """A lower bound of (y_c - y_j) - sqrt(2) E from the computed difference: each float64
+    operation's rounding (relative <= 2^-53) is pushed downwards, so cancellation cannot
+    turn a non-positive value positive."""
+    return (diff * _DOWN - SQRT2 * err * _UP) * _DOWN
+
+
 def _ratio(low: FloatArray, k: FloatArray) -> FloatArray:
-    """low / k where low > 0 (+inf when k = 0), else 0: the radius each pair allows."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(low > 0, low / k, 0.0)
+    """low / k (rounded down) where low > 0 (+inf when k = 0), else 0: the radius each pair
+    allows."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out = np.where(low > 0, (low / k) * _DOWN, 0.0)
     return np.where(np.isnan(out), 0.0, out)
 
 

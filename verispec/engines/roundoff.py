@@ -266,6 +266,13 @@ def _safe_rows(h: torch.Tensor, u64: float) -> torch.Tensor:
     return torch.where(amax > 0, out, torch.zeros_like(out))
 
 
+def check_representable(network: Network, dtype: torch.dtype) -> None:
+    """Raise ``UnsupportedError`` (naming the layer) if a constant overflows ``dtype``."""
+    for k, layer in enumerate(network.layers):
+        for name in _CONSTANTS.get(type(layer), ()):
+            _check_representable(f"layer {k} ({layer.kind}) {name}", getattr(layer, name), dtype)
+
+
 def layer_errors(network: Network, lips: list[float], p: Precision) -> list[LayerError]:
     """The error model of each layer of ``network``; ``lips`` are the per-layer l2 bounds."""
     return [
