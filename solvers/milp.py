@@ -282,6 +282,8 @@ class MilpSolver(ExactSolverBase):
                 )
         except cp.error.SolverError as err:
             return cvxpy_failure(err, deadline)
+        except (ValueError, ArithmeticError) as err:  # raised inside cvxpy's result unpacking
+            return Search(SearchStatus.ERROR, detail=f"cvxpy failed: {type(err).__name__}: {err}")
         return cvxpy_search(problem.status, x.value, deadline)
 
 

@@ -181,7 +181,10 @@ class _Lowered:
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         self.num_bits = int(self.offsets[-1])
         W1 = self.W[0]
-        self.row_l2 = W1.norm(dim=1)
+        self.row_l2 = safe_row_norm(W1)
+        # the Gram route squares first-layer weights: refuse it where products may underflow
+        tiny = (W1 != 0) & (W1.abs() < 2.0**-400)
+        self.gram_safe = not bool(tiny.any()) and bool(torch.isfinite(W1 @ W1.T).all())
         self._gram: tuple[torch.Tensor, float] | None = None
 
     @property
@@ -225,7 +228,7 @@ class _Explorer:
         d = low.input_size
         self.l2 = targets[0].eps is not None if targets else True
         n1 = low.W[0].shape[0]
-        self.gram = self.l2 and d > n1
+        self.gram = self.l2 and d > n1 and low.gram_safe
         self.X = torch.as_tensor(np.stack([t.centre for t in targets]), device=dev)
         if self.l2:
             self.eps = torch.as_tensor([_widen(float(t.eps or 0.0)) for t in targets], device=dev)
@@ -279,7 +282,7 @@ class _Explorer:
                 jj = (J * J).sum(-1)
                 norm = torch.sqrt(q.clamp_min(0.0) + REL_MARGIN * jj * gabs)
             else:
-                norm = J.norm(dim=-1)
+                norm = safe_row_norm(J)
             return self.eps[tidx][:, None] * norm * (1 + REL_MARGIN)
         return torch.bmm(J.abs(), self.r[tidx][:, :, None]).squeeze(-1) * (1 + REL_MARGIN)
 
@@ -702,6 +705,18 @@ class ProjectionsEngine(EngineBase):
         if ex.outcome is Outcome.BUDGET:
             return Verdict.TIMEOUT, "region or time budget exhausted", None
         return Verdict.UNKNOWN, "decision boundary within reach, no witness found", None
+
+
+def safe_row_norm(rows: torch.Tensor) -> torch.Tensor:
+    """l2 norms along the last dimension, on rows rescaled by a power of two (squares of tiny
+    entries such as 1e-172 would underflow to 0 and make every boundary look out of reach),
+    rounded up by a relative 2^-40."""
+    amax = rows.abs().amax(dim=-1, keepdim=True)
+    scale = torch.ldexp(
+        torch.ones_like(amax), torch.frexp(torch.where(amax > 0, amax, 1.0)).exponent
+    )
+    norm = (rows / scale).norm(dim=-1) * scale.squeeze(-1)
+    return norm * (1 + 2.0**-40)
 
 
 def _refutes(network: Network, goal: Goal, candidates: FloatArray) -> FloatArray | None:
