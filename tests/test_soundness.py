@@ -331,8 +331,7 @@ def _issue12(names: list[str], failing: dict[str, str]) -> list:
 # projections, milp and smt; false FALSIFIED witnesses on the 1 + 1e-9 weights and the 1e-170
 # head by projections, milp and smt); the float32 error bound ignoring underflow (bug 3:
 # lipschitz); sampled witnesses 1 ulp outside the l2 ball (milp and smt on the bug 1 repros).
-# Those are fixed; what still fails is marked.
-BUG3_HUGE_EPS = "bug 3 (eps 1e300: Ball.contains overflows squaring eps, OverflowError)"
+# eps 1e300 overflowed squaring eps in the exact l2 membership test (milp, smt). All fixed.
 
 
 ALL_ENGINES = DETERMINISTIC + sorted(EXACT_ENGINES)
@@ -403,7 +402,7 @@ def test_regression_issue12_subnormal_float32_logits(name):
 
 
 @pytest.mark.parametrize(
-    "name", _issue12(ALL_ENGINES, dict.fromkeys(["milp", "smt"], BUG3_HUGE_EPS))
+    "name", _issue12(ALL_ENGINES, {})
 )
 def test_regression_issue12_tiny_head_with_huge_eps(name):
     """Bug 3: head weights 1e-170: ||w_i - w_j||_2 underflows to 0 and eps 1e300 (the whole
