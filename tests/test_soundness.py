@@ -401,9 +401,7 @@ def test_regression_issue12_subnormal_float32_logits(name):
     assert_sound(_check(name), net, spec, x, None)
 
 
-@pytest.mark.parametrize(
-    "name", _issue12(ALL_ENGINES, {})
-)
+@pytest.mark.parametrize("name", _issue12(ALL_ENGINES, {}))
 def test_regression_issue12_tiny_head_with_huge_eps(name):
     """Bug 3: head weights 1e-170: ||w_i - w_j||_2 underflows to 0 and eps 1e300 (the whole
     domain) was certified once the weights stay float64. (Where forward64 rounds weights to
