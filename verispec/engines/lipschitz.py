@@ -155,7 +155,8 @@ class LipschitzEngine(EngineBase):
         l2 = self.bounds(network, Norm.L2)
         linf = self.bounds(network, Norm.LINF)
         certified_clause = None
-        for k, clause in enumerate(prop.predicate.clauses):
+        finite = bool(np.all(np.isfinite(logits)) and np.all(np.isfinite(err)))
+        for k, clause in enumerate(prop.predicate.clauses if finite else ()):
             values = clause.values(logits)[0]
             # evaluating C y + d rounds: |error| <= gamma_{m+2} (|C| |y| + |d|)
             rounding = (
