@@ -586,34 +586,9 @@ def hard_conv_networks(draw: st.DrawFn, max_hidden: int = 12) -> Network:
     return _finish(draw, rng, layers, c_out * out * out, (c_in, side, side))
 
 
-CHAIN_SCALES = (1e-8, 1e8, 1e-20, 1e-4, 1e10)
-"""Per-layer scales of a chain: five 1e-8 layers give float32 logits of 1e-40 (subnormal), five
-1e8 layers 1e40 (float32 overflow), two 1e-20 layers underflow float32 products."""
-
-
-@st.composite
-def scale_chain_networks(draw: st.DrawFn) -> Network:
-    """2-5 square dense layers of one extreme scale (scaled identities or random matrices,
-    ReLU between or not), then a head of its own scale: logits whose float32 values are
-    subnormal, zero or infinite while their float64 values are fine."""
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    width = draw(st.integers(1, 3))
-    scale = draw(st.sampled_from(CHAIN_SCALES))
-    style = draw(st.sampled_from(["identity", "random"]))
-    relu = draw(st.booleans())
-    layers: list[Any] = []
-    for _ in range(draw(st.integers(2, 5))):
-        bias = np.zeros(width) if style == "identity" else rng.standard_normal(width) * scale
-        layers.append(vn.Dense(_hard_weight(rng, (width, width), scale, style), bias))
-        if relu:
-            layers.append(vn.ReLU())
-    return _finish(draw, rng, layers, width, (width,))
-
-
 def hard_networks() -> st.SearchStrategy[Network]:
-    """The issue-12 networks: dense, convolutional and extreme-scale chains (small enough for
-    the exact solvers)."""
-    return st.one_of(hard_dense_networks(), hard_conv_networks(), scale_chain_networks())
+    """The issue-12 networks: dense and convolutional (small enough for the exact solvers)."""
+    return st.one_of(hard_dense_networks(), hard_conv_networks())
 
 
 def _relative_gap(network: Network, x: FloatArray, label: int) -> float:
