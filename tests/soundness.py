@@ -634,6 +634,7 @@ def soundness_problems(
     timeout: float = 60.0,
     solver: Any | None = None,
     use_solver: bool = True,
+    record: Callable[[str], object] | None = None,
 ) -> list[str]:
     """Every reason the engine's verdicts on this case are unsound (empty when sound).
 
@@ -646,6 +647,9 @@ def soundness_problems(
     shape = network.input_shape
     xs = np.zeros((0, *shape)) if ordering else np.asarray(xs, np.float64).reshape((-1, *shape))
     claims = engine.check(network, spec, xs, None, domain)
+    if record is not None:  # e.g. hypothesis.event: the verdict mix shows the test is not vacuous
+        for claim in claims:
+            record(f"{engine.name}: {claim.verdict.value}")
     if is_probabilistic(claims):
         raise ValueError(f"{engine.name} is probabilistic: check it statistically")
     goals = reference_goals(network, spec, xs, domain)

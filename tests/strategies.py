@@ -586,9 +586,39 @@ def hard_conv_networks(draw: st.DrawFn, max_hidden: int = 12) -> Network:
     return _finish(draw, rng, layers, c_out * out * out, (c_in, side, side))
 
 
+CHAINS = ((1e-8, 5), (1e-20, 2), (1e-10, 4), (1e-15, 3), (1e8, 5), (1e10, 4), (1e-8, 3))
+"""(scale, depth) of extreme-scale chains: five 1e-8 layers give float32 logits of 1e-40
+(subnormal), three 1e-15 layers 1e-45 (float32's last subnormal), five 1e8 layers 1e40
+(float32 overflow); three 1e-8 layers stay normal."""
+
+
+@st.composite
+def scale_chain_networks(draw: st.DrawFn) -> Network:
+    """A chain of square dense layers of one extreme scale (scaled identities or random
+    matrices, ReLU between or not), the last one the head: logits whose float32 values are
+    subnormal, zero or infinite while their float64 values are fine."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    width = draw(st.integers(2, 3))
+    scale, depth = draw(st.sampled_from(CHAINS))
+    style = draw(st.sampled_from(["identity", "random"]))
+    relu = draw(st.booleans())
+    layers: list[Any] = []
+    for i in range(depth):
+        bias = (
+            np.zeros(width)
+            if style == "identity"
+            else rng.standard_normal(width) * scale ** (i + 1)
+        )
+        layers.append(vn.Dense(_hard_weight(rng, (width, width), scale, style), bias))
+        if relu and i < depth - 1:
+            layers.append(vn.ReLU())
+    return Network(tuple(layers), (width,))
+
+
 def hard_networks() -> st.SearchStrategy[Network]:
-    """The issue-12 networks: dense and convolutional (small enough for the exact solvers)."""
-    return st.one_of(hard_dense_networks(), hard_conv_networks())
+    """The issue-12 networks: dense, convolutional and extreme-scale chains (small enough for
+    the exact solvers)."""
+    return st.one_of(hard_dense_networks(), hard_conv_networks(), scale_chain_networks())
 
 
 def _relative_gap(network: Network, x: FloatArray, label: int) -> float:
@@ -605,12 +635,13 @@ def boundary_point(network: Network, seed: int, gap: float = 0.0) -> FloatArray:
     floats), between two random points with different predictions; random if none differ."""
     rng = np.random.default_rng(seed)
     cands = rng.uniform(0, 1, (64, *network.input_shape))
-    cands[:8] = _corners(np.zeros(network.input_shape), np.ones(network.input_shape), 8, rng)
+    cands[1:9] = _corners(np.zeros(network.input_shape), np.ones(network.input_shape), 8, rng)
     labels = reference_forward(network, cands).argmax(axis=1)
-    other = np.flatnonzero(labels != labels[0])
+    ahead = [i for i in range(len(cands)) if _relative_gap(network, cands[i], labels[i]) > gap]
+    other = np.flatnonzero(labels != labels[ahead[0]]) if ahead else np.zeros(0, dtype=int)
     if other.size == 0:
-        return np.asarray(cands[-1])
-    a, b, la = cands[0], cands[other[0]], int(labels[0])
+        return np.asarray(cands[0])
+    a, b, la = cands[ahead[0]], cands[other[0]], int(labels[ahead[0]])
     for _ in range(2000):
         mid = (a + b) / 2
         if np.array_equal(mid, a) or np.array_equal(mid, b):
