@@ -2,10 +2,11 @@
 
 ``soundness_problems`` audits an engine's verdicts on one case: every CERTIFIED point must
 survive the centre, sampling, PGD and the exact MILP solver; every FALSIFIED witness must
-re-check. Everything is judged on an independent reference: a numpy float64 forward pass on
-the IR's float64 arrays (``reference_forward``, not the library's torch modules) and exact
-rational region membership (``exactly_in``, no tolerance). The broken engines reproduce
-published bug classes; tests use them to show the check can fail.
+re-check. Everything is judged on a reference independent of the library's torch modules:
+the network as a real function (``exact_forward``: rationals on the IR's float64 arrays),
+screened by a numpy float64 pass (``reference_forward``), and exact region membership
+(``exactly_in``, no tolerance). The broken engines reproduce published bug classes; tests use
+them to show the check can fail.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ BATCHNORM: type | None = getattr(vn, "BatchNorm", None)
 """The IR's BatchNorm layer once the library has one (issue 12); None before."""
 
 EXACT_ENGINES = frozenset({"milp", "smt"})
-"""Engines that wrap the exact solvers: they are the reference, not audited here."""
+"""Engines that wrap the exact solvers: the reference of the engine tests (checked themselves
+by the attacks alone, on the hard networks)."""
 
 ENGINE_CONFIGS: dict[str, Any] = {
     "smoothing": SmoothingConfig(n=1000, alpha=0.01),
@@ -52,8 +54,10 @@ ENGINE_CONFIGS: dict[str, Any] = {
 # -- the reference: numpy float64 on the IR's own float64 arrays, exact region membership ----
 #
 # The library's own float64 pass goes through torch modules; the checker must not share a bug
-# with what it checks (issue 12: float32 parameters rounded the "float64" reference). Every
-# verdict here is judged by ``reference_forward`` and by exact (rational) region membership.
+# with what it checks (issue 12: float32 parameters rounded the "float64" reference). Verdicts
+# are judged in exact arithmetic (a certificate is refuted only by a point whose exact logits
+# violate it; a witness stands if it refutes the goal exactly or on the float64 reference),
+# with exact (rational) region membership.
 
 
 def _channel_shape(ndim: int) -> tuple[int, ...]:
@@ -638,10 +642,12 @@ def soundness_problems(
 ) -> list[str]:
     """Every reason the engine's verdicts on this case are unsound (empty when sound).
 
-    Judged on the reference (``reference_forward``, exact membership): a FALSIFIED witness must
-    refute the goal; a CERTIFIED goal must survive the centre, sampling, PGD and (with
-    ``use_solver``) the exact MILP solver (or ``solver``), whose witness is re-checked too; a
-    certified local-robustness point must have the reference's predicted class."""
+    Goals rank classes by the exact logits. A FALSIFIED witness must lie exactly in the region
+    and refute the goal of a ranking float64 could give (``fair_witness``); a CERTIFIED goal
+    must survive the centre, sampling, PGD and (with ``use_solver``) the exact MILP solver (or
+    ``solver``), every refutation checked in exact arithmetic; a certified local-robustness
+    point must have the exact predicted class. ``record`` (e.g. ``hypothesis.event``) is told
+    each verdict."""
     solver = solver or MilpSolver(SolverConfig(timeout=timeout, seed=seed))
     ordering = isinstance(spec, SafeOrdering)
     shape = network.input_shape
