@@ -41,6 +41,33 @@ from verispec.errors import ExtraNotInstalledError
 TIGHT = 1e-9
 """Feasibility / integrality tolerance asked of the MILP solvers."""
 
+MAX_MAGNITUDE = 1e9
+"""The largest weight, bias or bound the floating-point MILP solvers are given. Past it, one
+float64 rounding (2^-53 |v| > 1e-7) comes within a factor 10 of the decision margin (the
+config's tolerance, 1e-6 by default) and the solvers' absolute tolerances (1e-9) mean nothing;
+HiGHS and SCIP also read values from 1e20 on as infinite, and SCIP refuses such input. Such a
+query is an error (an UNKNOWN verdict that says to use the exact ``smt`` solver)."""
+
+
+def out_of_range(query: Query) -> str | None:
+    """Why the floating-point MILP solvers cannot be trusted on ``query`` (a value beyond
+    ``MAX_MAGNITUDE`` or not finite), or None."""
+    net, bounds = query.net, query.bounds
+    parts = [*net.weights, *net.biases, *bounds.lo, *bounds.hi]
+    parts += [a.C for a in query.violation] + [a.d for a in query.violation]
+    parts += [a.upper for a in query.violation]
+    inp = query.inp
+    parts += [p for p in (inp.lo, inp.hi, inp.A, inp.b, inp.center) if p is not None]
+    with np.errstate(invalid="ignore"):
+        top = max((float(np.max(np.abs(p), initial=0.0)) for p in parts), default=0.0)
+    if np.isfinite(top) and top <= MAX_MAGNITUDE:
+        return None
+    return (
+        f"values up to {top:.3g} in the network, its bounds or the region exceed the "
+        f"{MAX_MAGNITUDE:g} the floating-point MILP solvers can decide at this tolerance; "
+        "use --solver smt (exact rational arithmetic)"
+    )
+
 
 def _cvxpy() -> Any:
     try:
@@ -255,6 +282,9 @@ class MilpSolver(ExactSolverBase):
                 ) from None
 
     def search(self, query: Query, deadline: float) -> Search:
+        problem_range = out_of_range(query)
+        if problem_range is not None:
+            return Search(SearchStatus.ERROR, detail=problem_range)
         if query.inp.l2_eps is None and importlib.util.find_spec("highspy") is not None:
             return search_highs(query, deadline)
         cp = _cvxpy()
@@ -282,7 +312,7 @@ class MilpSolver(ExactSolverBase):
                 )
         except cp.error.SolverError as err:
             return cvxpy_failure(err, deadline)
-        except (ValueError, ArithmeticError) as err:  # raised inside cvxpy's result unpacking
+        except Exception as err:  # cvxpy's result unpacking; pyscipopt raises bare Exception
             return Search(SearchStatus.ERROR, detail=f"cvxpy failed: {type(err).__name__}: {err}")
         return cvxpy_search(problem.status, x.value, deadline)
 

@@ -380,3 +380,19 @@ def test_a_real_highs_time_limit_is_timeout():
     res = MilpSolver(config).solve(net, prop, 1.0)
     assert res.verdict is Verdict.TIMEOUT, res
     assert "time limit" in res.detail.lower(), res.detail
+
+
+@pytest.mark.parametrize("norm", [Norm.L2, Norm.LINF])
+def test_values_beyond_the_solvers_range_are_unknown_and_name_smt(norm):
+    """Five 1e8 layers give logits near 1e40: SCIP refuses such input (it raised a bare
+    Exception), HiGHS reads it as infinite. The MILP answers UNKNOWN and says to use smt; the
+    exact smt solver decides the same property (the ball crosses the tie: it is false)."""
+    from verispec.solvers.smt import SmtSolver
+
+    layer = Dense(np.eye(2) * 1e8, np.zeros(2))
+    net = Network((layer,) * 5, (2,))
+    prop = Property(Ball(np.array([0.5, 0.6]), 0.2, norm), argmax_in([1], 2))
+    res = MilpSolver(EXACT).solve(net, prop)
+    assert res.verdict is Verdict.UNKNOWN, res
+    assert "--solver smt" in res.detail and "1e+40" in res.detail
+    assert SmtSolver(EXACT).solve(net, prop).verdict is Verdict.FALSIFIED
