@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from verispec.engines.base import (
@@ -361,3 +363,29 @@ def test_report_from_a_batch_matches_the_report_from_its_objects():
     assert lazy.has_labels and lazy.has_radii and lazy.counts["abstain"] == 1
     unlabelled = Report("p", "s", "e", BatchResult.build("e", [Verdict.CERTIFIED]))
     assert not unlabelled.has_labels and not unlabelled.has_radii and unlabelled.vra is None
+
+
+_VALUES = st.one_of(
+    st.floats(-0.5, 1.5), st.sampled_from([0.0, 1.0, np.nextafter(1.0, 2.0), np.nan, np.inf])
+)
+
+
+@settings(max_examples=200)
+@given(
+    xs=st.lists(st.tuples(_VALUES, _VALUES), min_size=1, max_size=4),
+    uniform=st.booleans(),
+)
+def test_point_validation_accepts_exactly_the_finite_points_in_the_domain(xs, uniform):
+    """The min/max fast path of the validation agrees with the elementwise rule: a point is
+    refused iff some coordinate is not finite or leaves [lo, hi] (uniform or per-coordinate)."""
+    arr = np.array(xs, dtype=np.float64)
+    domain = Box.uniform(0.0, 1.0, (2,)) if uniform else Box(np.array([0.0, 0.25]), np.ones(2))
+    for box in (domain, None):
+        ok = np.isfinite(arr).all()
+        if box is not None:
+            ok = ok and bool(((arr >= box.lo) & (arr <= box.hi)).all())
+        if ok:
+            assert len(PointsOnly().check(_net(), LocalRobustness(0.1, Norm.L2), arr, None, box))
+        else:
+            with pytest.raises(SpecError, match=r"NaN or infinity|outside the data domain"):
+                PointsOnly().check(_net(), LocalRobustness(0.1, Norm.L2), arr, None, box)

@@ -264,6 +264,20 @@ def validate_points(network: Network, xs: Any, domain: Box | None = None) -> Flo
             " with n the number of points"
         )
     arr = arr.astype(np.float64, copy=False)
+    if not arr.size:
+        return arr
+    low, high = arr.min(), arr.max()  # NaN propagates: a fast path for the common case
+    if (
+        domain is not None
+        and domain.lo.shape == want
+        and low >= domain.lo.min()
+        and high <= domain.hi.max()
+        and domain.lo.min() == domain.lo.max()
+        and domain.hi.min() == domain.hi.max()
+    ):
+        return arr  # inside a uniform box [lo, hi] (hence finite: boxes are)
+    if domain is None and np.isfinite(low) and np.isfinite(high):
+        return arr
     finite = np.isfinite(arr).reshape(arr.shape[0], math.prod(want)).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)

@@ -195,21 +195,13 @@ def _decide(
 ) -> Decision:
     """The test at each point from logits (n, m), error bounds (n,) and K_ij (m, m)."""
     n, m = logits.shape
-    finite = np.all(np.isfinite(logits), axis=1) & np.isfinite(err)
-    logits = np.where(finite[:, None], logits, 0.0)
+    finite = np.isfinite(err) & np.isfinite(logits).all(axis=1)
+    if not finite.all():
+        logits = np.where(finite[:, None], logits, 0.0)
     rows = np.arange(n)
     eps = spec.eps
     if isinstance(spec, LocalRobustness):
-        c = np.argmax(logits, axis=1)
-        low = _low(logits[rows, c][:, None] - logits, err[:, None])
-        k_c = pair_k[c]
-        radius = _ratio(low, k_c)
-        radius[rows, c] = np.inf
-        slack = low - eps * k_c
-        slack[rows, c] = np.inf
-        r = np.where(finite, radius.min(axis=1), 0.0)
-        margin = np.where(finite, slack.min(axis=1), -np.inf)
-        return Decision(r > eps, r, margin, {})
+        return _decide_robustness(logits, err, pair_k, eps, finite)
     order = np.argsort(-logits, axis=1, kind="stable")
     low = _low(logits[:, :, None] - logits[:, None, :], err[:, None, None])
     ratio = _ratio(low, pair_k[None])
@@ -248,6 +240,36 @@ def _decide(
     certified = best > eps
     details = {int(p): labels[chosen[p]] for p in np.flatnonzero(certified)}
     return Decision(certified, best, margin, details)
+
+
+def _decide_robustness(
+    logits: FloatArray, err: FloatArray, pair_k: FloatArray, eps: float, finite: np.ndarray
+) -> Decision:
+    """``_decide`` for local robustness: the predicted class c against every j != c (the same
+    ``_low`` and ``_ratio`` arithmetic, in place: this runs on every point of every batch)."""
+    n = len(logits)
+    rows = np.arange(n)
+    c = np.argmax(logits, axis=1)
+    low = logits[rows, c][:, None] - logits
+    low *= _DOWN
+    low -= (SQRT2 * _UP) * err[:, None]  # err >= 0 is exact or rounded up: rounding pushed
+    low *= _DOWN  # below by _DOWN, as in _low
+    k_c = pair_k[c]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        radius = low / k_c
+    radius *= _DOWN
+    radius[~(low > 0)] = 0.0  # also the NaN of 0 / 0
+    radius[rows, c] = np.inf
+    slack = k_c
+    slack *= -eps
+    slack += low  # low - eps K, one rounding, as before
+    slack[rows, c] = np.inf
+    r = radius.min(axis=1)
+    margin = slack.min(axis=1)
+    if not finite.all():
+        r[~finite] = 0.0
+        margin[~finite] = -np.inf
+    return Decision(r > eps, r, margin, {})
 
 
 _DOWN = 1.0 - 2.0**-50

@@ -321,15 +321,19 @@ class RoundoffForward:
         arr = arr if arr.flags.writeable else arr.copy()
         x64 = torch.from_numpy(arr).reshape((-1, *self.input_shape))
         h = x64.to(device=self.device, dtype=self.dtype)
-        cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        cache: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         def norms(t: torch.Tensor) -> torch.Tensor:
-            """``_norms`` once per tensor of this pass (an output is the next layer's input)."""
-            hit = cache.get(id(t))
-            if hit is None or hit[0] is not t:
-                hit = (t, self._norms(t))
-                cache[id(t)] = hit
-            return hit[1]
+            """``_norms`` once per tensor of this pass (an output is the next layer's input).
+            Only the current layer's input and output are remembered: holding every
+            intermediate tensor defeats the allocator's reuse (a third slower on CPU)."""
+            for seen, value in cache:
+                if seen is t:
+                    return value
+            value = self._norms(t)
+            cache.append((t, value))
+            del cache[:-2]
+            return value
 
         p = self.precision
         d = h[0].numel()
