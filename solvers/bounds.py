@@ -15,6 +15,9 @@ ever tighten, and LP tightening uses the box and the polytope, a superset of the
 from __future__ import annotations
 
 import enum
+import functools
+import os
+import sys
 import time
 from typing import Any
 
@@ -297,10 +300,31 @@ def _interval_from(
     return out
 
 
+@functools.cache
+def silence_highs_banner() -> bool:
+    """Build a first ``highspy.Highs`` with the process's stdout (file descriptor 1) sent to
+    /dev/null: HiGHS prints its banner from C++ on the first construction in a process, before
+    any option can silence it, and verispec's stdout carries answers (``vnnlib`` prints ``sat``
+    / ``unsat`` first). Later constructions print nothing. Cached: done once per process."""
+    import highspy
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    return True
+
+
 def new_highs() -> Any:
     """A silent ``highspy.Highs`` with verispec's thread count (``HIGHS_THREADS``)."""
     import highspy
 
+    silence_highs_banner()
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", HIGHS_THREADS)

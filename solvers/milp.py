@@ -34,7 +34,14 @@ from verispec.solvers.base import (
     deadline_reached,
     register_solver,
 )
-from verispec.solvers.bounds import HIGHS_THREADS, InputSet, highs_outcome, new_highs, run_highs
+from verispec.solvers.bounds import (
+    HIGHS_THREADS,
+    InputSet,
+    highs_outcome,
+    new_highs,
+    run_highs,
+    silence_highs_banner,
+)
 
 from verispec.errors import ExtraNotInstalledError
 
@@ -303,6 +310,7 @@ class MilpSolver(ExactSolverBase):
                     },
                 )
             else:
+                silence_highs_banner()
                 problem.solve(
                     solver=cp.HIGHS,
                     time_limit=max(left, 0.01),

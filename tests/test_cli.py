@@ -275,3 +275,26 @@ def test_check_runs_torch_and_onnx_models_with_batchnorm_soundly(tmp_path):
         goal = spec_obj.at(x, y, vs.Box.uniform(0.0, 1.0, x.shape))
         for prop in goal.alternatives:
             assert pgd_attack(net, prop, rng, steps=20, restarts=2) is None
+
+
+def test_vnnlib_prints_the_answer_first_on_the_real_stdout():
+    """HiGHS prints its banner from C++ (file descriptor 1, which CliRunner does not capture)
+    on its first construction: the answer must still be the first line of a real process's
+    stdout."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    mnist = BENCH.parent / "mnistfc"
+    if not mnist.is_dir():
+        pytest.skip("VNN-COMP benchmarks not present")
+    args = ["vnnlib", str(mnist / "mnist-net_256x2.onnx"), str(mnist / "prop_0_0.03.vnnlib")]
+    done = subprocess.run(
+        [sys.executable, "-c", "from verispec.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == "unsat", done.stdout[:500]
