@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Layers from the top down (DESIGN.md section 1): a module may import only its own layer and
 # the layers below it. "api" is the package's front (verispec/__init__, api, audit, spec files,
 # which build engine configs); "core" is everything else at verispec's top level.
-LAYERS = ("cli", "api", "train", "engines", "solvers", "core")
+LAYERS = ("cli", "api", "ensembles", "train", "engines", "solvers", "core")
 
 
 def _module_name(path: Path) -> str:
@@ -30,7 +30,7 @@ def _layer(module: str) -> str | None:
         return None
     if len(parts) == 1 or parts[1] in ("api", "audit", "specfile"):
         return "api"
-    if parts[1] in ("cli", "engines", "solvers", "train"):
+    if parts[1] in ("cli", "ensembles", "engines", "solvers", "train"):
         return parts[1]
     return "core"
 
