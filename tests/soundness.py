@@ -28,13 +28,15 @@ from verispec.solvers.base import SolverConfig
 from verispec.solvers.milp import MilpSolver
 
 import verispec.network as vn
+from verispec.engines.base import engine_class
 from verispec.engines.lipschitz import LipschitzBounds, LipschitzEngine
 from verispec.engines.projections import ProjectionsConfig
 from verispec.engines.smoothing import SmoothingConfig, SmoothingEngine
+from verispec.ensembles import Member, Voting
 from verispec.network import Network
 from verispec.properties import Goal, Predicate, Property, argmax_in
 from verispec.regions import Ball, Box, FloatArray, Norm, Polytope, Region
-from verispec.results import CheckResult, GuaranteeKind, Verdict
+from verispec.results import BatchResult, CheckResult, GuaranteeKind, Verdict
 from verispec.specs import LocalRobustness, RelaxedTopK, SafeOrdering, Spec
 
 BATCHNORM: type | None = getattr(vn, "BatchNorm", None)
@@ -49,6 +51,43 @@ ENGINE_CONFIGS: dict[str, Any] = {
     "projections": ProjectionsConfig(max_regions=2000, time_per_point=5.0),
 }
 """Test configuration per engine name (engines with usable defaults need no entry)."""
+
+
+class SameNetworkVoting:
+    """A Voting ensemble (``verispec.ensembles``) whose members all compute the drawn network,
+    each certified by another engine: the ensemble's classifier is the network's, so the
+    suite's reference applies to its certificates unchanged. With equal weights it certifies
+    exactly where every member's engine does."""
+
+    name = "voting"
+
+    def __init__(self, engines: tuple[str, ...]) -> None:
+        self.engines = engines
+
+    def ensemble(self, network: Network) -> Voting:
+        return Voting(
+            [Member(network, engine_class(e)(ENGINE_CONFIGS.get(e)), e) for e in self.engines]
+        )
+
+    def supports(self, network: Network, spec: Spec) -> None:
+        self.ensemble(network).supports(spec)
+
+    def check(
+        self,
+        network: Network,
+        spec: Spec,
+        xs: FloatArray,
+        labels: np.ndarray | None = None,
+        domain: Box | None = None,
+    ) -> BatchResult:
+        return self.ensemble(network).check(spec, xs, labels, domain)
+
+
+ENSEMBLES: dict[str, Callable[[], Any]] = {
+    "voting": lambda: SameNetworkVoting(("lipschitz", "projections")),
+}
+"""Ensembles the suite checks like engines (a one-line registration each): name -> factory of
+an object with the engine's ``name``, ``supports`` and ``check``."""
 
 
 # -- the reference: numpy float64 on the IR's own float64 arrays, exact region membership ----

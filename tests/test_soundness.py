@@ -26,6 +26,7 @@ from verispec.solvers.base import SolverConfig
 from tests.soundness import (
     BATCHNORM,
     ENGINE_CONFIGS,
+    ENSEMBLES,
     EXACT_ENGINES,
     REFERENCE_RULES,
     TORCH_RULES,
@@ -59,7 +60,7 @@ from verispec.errors import UnsupportedError
 from verispec.network import LAYER_TYPES, Conv2d, Dense, Flatten, Network, Normalize, ReLU
 from verispec.regions import Ball, Box, Norm
 from verispec.results import Verdict
-from verispec.specs import LocalRobustness, SafeOrdering
+from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, SafeOrdering
 
 SETTINGS = settings(
     deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -67,14 +68,31 @@ SETTINGS = settings(
 
 
 def engines_under_test() -> list[str]:
-    """Every registered engine except the exact ones (the reference)."""
+    """Every registered engine except the exact ones (the reference), and the ensembles."""
     _load_builtin_engines()
-    return sorted(set(ENGINES) - EXACT_ENGINES)
+    return sorted((set(ENGINES) - EXACT_ENGINES) | set(ENSEMBLES))
 
 
 def _engine(name: str):
+    if name in ENSEMBLES:
+        return ENSEMBLES[name]()
     cls = engine_class(name)
     return cls(ENGINE_CONFIGS.get(name))
+
+
+def _skip_unsupported_kind(name: str, kind: str) -> None:
+    """Skip a spec kind the engine refuses outright (ensembles: local robustness only)."""
+    if kind == "SafeOrdering":
+        if name in ENSEMBLES:
+            pytest.skip(f"{name} certifies local robustness only")
+        return
+    specs = {
+        "LocalRobustness": LocalRobustness(0.1, Norm.L2),
+        "RelaxedTopK": RelaxedTopK(1, 0.1, Norm.L2),
+        "Affinity": Affinity([[0, 1]], 0.1, Norm.L2),
+    }
+    if not _supported(_engine(name), linear_binary_net(np.array([1.0, -1.0]), 0.1), specs[kind]):
+        pytest.skip(f"{name} does not check {kind}")
 
 
 def _supported(engine, network, spec) -> bool:
@@ -101,6 +119,7 @@ PROBABILISTIC = [n for n in engines_under_test() if n not in DETERMINISTIC]
 @SETTINGS
 @given(data=st.data())
 def test_point_specs_are_sound(name, kind, data):
+    _skip_unsupported_kind(name, kind)
     net = data.draw(soundness_networks())
     spec = data.draw(point_specs(net.num_classes, (kind,)))
     xs = data.draw(soundness_points(net))
@@ -114,6 +133,7 @@ def test_point_specs_are_sound(name, kind, data):
 @SETTINGS
 @given(data=st.data())
 def test_safe_orderings_are_sound(name, data):
+    _skip_unsupported_kind(name, "SafeOrdering")
     net = data.draw(st.one_of(small_networks(max_hidden=12), adversarial_networks()))
     spec = data.draw(safe_orderings(net.input_size, net.num_classes))
     engine = _engine(name)
@@ -261,6 +281,7 @@ HARD_TIMEOUT = 20.0
 @HARD
 @given(data=st.data())
 def test_hard_point_specs_are_sound(name, kind, data):
+    _skip_unsupported_kind(name, kind)
     net = data.draw(hard_networks())
     xs = data.draw(hard_points(net))
     spec = data.draw(hard_point_specs(net.num_classes, (kind,), net, xs[0]))
@@ -274,6 +295,7 @@ def test_hard_point_specs_are_sound(name, kind, data):
 @HARD
 @given(data=st.data())
 def test_hard_safe_orderings_are_sound(name, data):
+    _skip_unsupported_kind(name, "SafeOrdering")
     net = data.draw(hard_networks())
     flat = (
         st.nothing()
