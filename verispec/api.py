@@ -12,7 +12,8 @@ import numpy as np
 
 from verispec.data import Dataset
 from verispec.engines.base import Engine, engine_class
-from verispec.errors import DataError
+from verispec.ensembles import Ensemble
+from verispec.errors import DataError, SpecError
 from verispec.modelfile import load_network
 from verispec.network import Network
 from verispec.regions import Box, FloatArray
@@ -49,10 +50,10 @@ def describe(spec: Spec) -> str:
 
 
 def points_of(
-    network: Network, data: Dataset, limit: int | None = None
+    network: Network | Ensemble, data: Dataset, limit: int | None = None
 ) -> tuple[FloatArray, np.ndarray, Box | None]:
-    """The first ``limit`` points of ``data`` shaped for ``network``, their labels, and the data
-    domain as a box (None when the data has no domain)."""
+    """The first ``limit`` points of ``data`` shaped for ``network`` (an ensemble: its members'
+    input), their labels, and the data domain as a box (None when the data has no domain)."""
     ds = data.take(limit).shaped(network.input_shape)
     domain = None
     if ds.domain is not None:
@@ -61,10 +62,10 @@ def points_of(
 
 
 def check(
-    model: Network | str | Path,
+    model: Network | Ensemble | str | Path,
     spec: Spec,
     data: Dataset | None = None,
-    engine: Engine | str = "lipschitz",
+    engine: Engine | str | None = None,
     limit: int | None = None,
     name: str = "",
     radii: Sequence[float] = (),
@@ -72,8 +73,21 @@ def check(
 ) -> Report:
     """Check ``spec`` on ``model`` at every point of ``data`` (the first ``limit``); a
     ``SafeOrdering`` spec needs no data. Returns a Report with one result per point (held as
-    a ``BatchResult``)."""
+    a ``BatchResult``).
+
+    ``engine`` defaults to ``"lipschitz"``. An ``Ensemble`` as the model is checked with its
+    members' engines (give no ``engine``); the Report names ``ensemble.name`` as its engine."""
+    if isinstance(model, Ensemble):
+        if engine is not None:
+            given = engine if isinstance(engine, str) else getattr(engine, "name", engine)
+            raise SpecError(
+                f"engine={given!r} was given with a {model.kind} ensemble: its members carry "
+                "their engines (Member(network, engine)); call check without engine="
+            )
+        return _check_ensemble(model, spec, data, limit, name, radii, progress)
     network = as_network(model)
+    if engine is None:
+        engine = "lipschitz"
     eng: Engine = engine_class(engine)() if isinstance(engine, str) else engine
     eng.supports(network, spec)
     start = time.perf_counter()
@@ -94,6 +108,37 @@ def check(
         spec=describe(spec),
         engine=eng.name,
         results=_joined(parts, eng.name),
+        radii=tuple(radii),
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
+def _check_ensemble(
+    ensemble: Ensemble,
+    spec: Spec,
+    data: Dataset | None,
+    limit: int | None,
+    name: str,
+    radii: Sequence[float],
+    progress: Callable[[int], None] | None,
+) -> Report:
+    """``check`` on an ensemble: its ``check`` on the data's points, chunk by chunk."""
+    ensemble.supports(spec)
+    if data is None:
+        raise DataError(f"{describe(spec)} is checked at data points: give a data source")
+    start = time.perf_counter()
+    xs, ys, domain = points_of(ensemble, data, limit)
+    parts: list[Sequence[CheckResult]] = []
+    for lo in range(0, len(xs), CHUNK):
+        hi = min(len(xs), lo + CHUNK)
+        parts.append(ensemble.check(spec, xs[lo:hi], ys[lo:hi], domain))
+        if progress is not None:
+            progress(hi - lo)
+    return Report(
+        property_name=name or describe(spec),
+        spec=describe(spec),
+        engine=ensemble.name,
+        results=_joined(parts, ensemble.name),
         radii=tuple(radii),
         wall_time_s=time.perf_counter() - start,
     )

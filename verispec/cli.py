@@ -90,8 +90,12 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
-def report_table(report: Any) -> str:
-    """The human summary of one property's report."""
+ENSEMBLE_DETAIL_POINTS = 3
+"""Points whose ensemble details (which member answered, the votes) a table shows."""
+
+
+def report_table(report: Any, ensemble: Any = None) -> str:
+    """The human summary of one property's report (``ensemble``: the ensemble it ran on)."""
     counts = report.counts
     if not report.has_labels and report.points == 1:
         (result,) = report.results
@@ -103,6 +107,7 @@ def report_table(report: Any) -> str:
         ]
         if result.detail:
             rows.append(("detail", result.detail))
+        rows += _ensemble_rows(ensemble, report, details=False)
         return f"{report.property_name}\n{_table(rows)}"
     rows = [
         ("spec", report.spec),
@@ -119,7 +124,32 @@ def report_table(report: Any) -> str:
     if report.has_radii:
         for r, acc in report.certified_accuracy():
             rows.append((f"cert. acc @ r={r:g}", _fmt(acc)))
+    rows += _ensemble_rows(ensemble, report, details=True)
     return f"{report.property_name}\n{_table(rows)}"
+
+
+def _ensemble_rows(ensemble: Any, report: Any, details: bool) -> list[tuple[str, str]]:
+    """The members, a warning when the ensemble's certificates are unsound, and how it decided
+    at the first points."""
+    if ensemble is None:
+        return []
+    names = ", ".join(f"{m.label(i)} ({m.engine.name})" for i, m in enumerate(ensemble.members))
+    rows = [("members", names)]
+    if not ensemble.sound:
+        rows.append(
+            (
+                "WARNING",
+                f"a {ensemble.kind}'s certificates are unsound as published (Mangal et al., "
+                "ICLR 2023): audit them with 'verispec audit --solver milp'",
+            )
+        )
+    if details:
+        shown = min(report.points, ENSEMBLE_DETAIL_POINTS)
+        for i in range(shown):
+            rows.append((f"point {i}", report.results[i].detail or "-"))
+        if report.points > shown:
+            rows.append(("", "(every point's details: --json)"))
+    return rows
 
 
 @click.group()
@@ -176,11 +206,13 @@ def check(
         from verispec.specfile import load_specfile
 
         sf = load_specfile(spec, limit=limit)
+        ensemble = _ensemble_of(sf, engine_name, device)
         engines: dict[tuple[str, int], Any] = {}
         reports = []
         for prop in sf.properties:
-            engine = _engine_for(sf, prop, engine_name, device, engines)
-            network = prop.network or sf.network
+            on_ensemble = prop.network is None and ensemble is not None
+            model = ensemble if on_ensemble else sf.model_of(prop)
+            engine = None if on_ensemble else _engine_for(sf, prop, engine_name, device, engines)
             total = 0 if sf.data is None else len(sf.data.take(sf.limit))
             show = sys.stderr.isatty() and total >= PROGRESS_MIN_POINTS
             try:
@@ -188,7 +220,7 @@ def check(
                     length=total, label=prop.name, file=sys.stderr, show_pos=True, hidden=not show
                 ) as bar:
                     report = vcheck(
-                        network,
+                        model,
                         prop.spec,
                         sf.data,
                         engine,
@@ -203,7 +235,7 @@ def check(
                 click.echo(f"{prop.name}\n  skipped: {err}\n")
                 continue
             reports.append(report)
-            click.echo(report_table(report) + "\n")
+            click.echo(report_table(report, ensemble if on_ensemble else None) + "\n")
         if json_path:
             payload = {"spec_file": str(sf.path), "reports": [r.to_dict() for r in reports]}
             Path(json_path).write_text(json.dumps(payload, indent=1))
@@ -215,6 +247,21 @@ def check(
             click.echo(f"wrote {plot_path}")
 
     _guard(debug, run)
+
+
+def _ensemble_of(sf: Any, override: str | None, device: str | None) -> Any:
+    """The file's ensemble (members' engines on ``device`` when given), or None; --engine
+    cannot replace the engines of an ensemble's members."""
+    from verispec.errors import SpecFileError
+
+    if sf.ensemble is None:
+        return None
+    if override is not None and any(p.network is None for p in sf.properties):
+        raise SpecFileError(
+            f"{sf.path}: --engine {override} cannot replace the engines of the [ensemble]'s "
+            "members: set engine in each [[ensemble.members]] (or leave out --engine)"
+        )
+    return sf.ensemble.build(device)
 
 
 def _engine_for(
@@ -308,7 +355,8 @@ def audit(
     def run() -> int:
         from verispec.api import points_of
         from verispec.audit import audit as vaudit
-        from verispec.errors import UnsupportedError
+        from verispec.errors import SpecFileError, UnsupportedError
+        from verispec.network import Network
         from verispec.solvers.base import SolverConfig, solver_class
         from verispec.specfile import load_specfile
         from verispec.specs import SafeOrdering
@@ -319,7 +367,12 @@ def audit(
         reports = []
         for prop in sf.properties:
             engine = _engine_for(sf, prop, engine_name, None, engines)
-            network = prop.network or sf.network
+            network = sf.model_of(prop)
+            if not isinstance(network, Network):
+                raise SpecFileError(
+                    f"{sf.path}: auditing an [ensemble] needs verispec.ensembles.exact, "
+                    "which this version of verispec does not have"
+                )
             xs = ys = domain = None
             if not isinstance(prop.spec, SafeOrdering):
                 if sf.data is None:

@@ -2,7 +2,7 @@
 
 Format (paths are relative to the spec file)::
 
-    model = "models/digits_mlp.pt"
+    model = "models/digits_mlp.pt"  # or an [ensemble] table instead (below)
 
     [data]                        # needed by point properties
     source = "sklearn:digits"     # sklearn:digits | npz:F | idx:IMAGES,LABELS | csv:F | mnist:DIR
@@ -28,12 +28,29 @@ Format (paths are relative to the spec file)::
     #   predicted_in = [0] (optional), and a [property.precondition] table with either
     #   lo/hi (numbers or lists of the input size), or center = "data:INDEX" and radius
     #   (an l_inf box around a data point, clipped to the domain), optionally A/b for a polytope.
+
+An ensemble of certified classifiers replaces the top-level ``model`` (and the file's
+``[engine]``: members carry their engines); its properties are local robustness::
+
+    [ensemble]
+    kind = "voting"               # cascade (unsound as published) | voting
+    weights = [2.0, 1.0]          # voting only: one positive weight per member (default: equal)
+
+    [[ensemble.members]]
+    model = "models/a.pt"
+    engine = "lipschitz"          # any registered engine, or a table with its options:
+    name = "a"                    # optional (details name the member that answered)
+
+    [[ensemble.members]]
+    model = "models/b.pt"
+    engine = { name = "lipschitz", batch_size = 256 }  # options as in [engine]
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +60,7 @@ import torch
 
 from verispec.data import Dataset, Split, load_data
 from verispec.engines.base import engine_class
+from verispec.ensembles import Cascade, Ensemble, Member, Voting
 from verispec.errors import DataError, ModelFileError, SpecError, SpecFileError, UnsupportedError
 from verispec.modelfile import load_network
 from verispec.network import Network
@@ -68,22 +86,78 @@ class NamedSpec:
 
 
 @attrs.frozen(eq=False)
-class SpecFile:
-    """A parsed spec file: model, data, engine and properties, all typed."""
+class MemberSpec:
+    """An ``[[ensemble.members]]`` entry: the model (its path and network), the engine's name
+    and typed config, and the member's name."""
 
     path: Path
-    model_path: Path
     network: Network
+    engine_name: str
+    engine_config: Any
+    name: str = ""
+
+    def build(self, device: str | None = None) -> Member:
+        """The member with a fresh engine (on ``device`` when given)."""
+        config = self.engine_config
+        if device is not None:
+            if not hasattr(config, "device"):
+                raise UnsupportedError(
+                    f"ensemble member {self.name or self.path.name!r}: engine "
+                    f"{self.engine_name!r} has no device option"
+                )
+            config = attrs.evolve(config, device=device)
+        return Member(self.network, engine_class(self.engine_name)(config), self.name)
+
+
+@attrs.frozen(eq=False)
+class EnsembleSpec:
+    """The ``[ensemble]`` table: its kind, members, the kind's options (voting: ``weights``)
+    and the ensemble built from them."""
+
+    kind: str
+    members: tuple[MemberSpec, ...]
+    options: dict[str, Any]
+    """The kind's own keys, read (voting: ``weights``, None when not given)."""
+    ensemble: Ensemble
+
+    def build(self, device: str | None = None) -> Ensemble:
+        """The ensemble (rebuilt with every member's engine on ``device`` when given)."""
+        if device is None:
+            return self.ensemble
+        members = [m.build(device) for m in self.members]
+        return _ENSEMBLE_KINDS[self.kind].make(members, self.options)
+
+
+@attrs.frozen(eq=False)
+class SpecFile:
+    """A parsed spec file: model (or ensemble), data, engine and properties, all typed.
+
+    With an ``[ensemble]`` table ``model_path`` and ``network`` are None; properties without a
+    model of their own are checked on the ensemble."""
+
+    path: Path
+    model_path: Path | None
+    network: Network | None
     data: Dataset | None
     limit: int | None
     engine_name: str
     engine_config: Any
     radii: tuple[float, ...]
     properties: tuple[NamedSpec, ...]
+    ensemble: EnsembleSpec | None = None
 
     def make_engine(self) -> Any:
         """A fresh engine instance configured as the file says."""
         return engine_class(self.engine_name)(self.engine_config)
+
+    def model_of(self, prop: NamedSpec) -> Network | Ensemble:
+        """What ``prop`` is checked on: its own model, else the file's ensemble or model."""
+        if prop.network is not None:
+            return prop.network
+        if self.ensemble is not None:
+            return self.ensemble.ensemble
+        assert self.network is not None  # load_specfile requires a model or an ensemble
+        return self.network
 
 
 class _Table:
@@ -165,8 +239,30 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
         raise SpecFileError(f"{file}: not a text file") from None
     top = _Table(file, "", raw)
     base = file.parent
-    model_path = base / top.get("model", str, required=True)
-    network = _model(top, base)
+    ensemble: EnsembleSpec | None = None
+    model_path: Path | None = None
+    network: Network | None = None
+    if top.has("ensemble"):
+        if top.has("model"):
+            raise top.error(
+                "model",
+                "and key 'ensemble' are both given: a spec file checks either a model "
+                "or an [ensemble] (its members name their models); remove one",
+            )
+        if top.has("engine"):
+            raise top.error(
+                "engine",
+                "is given with an [ensemble]: members carry their engines (set "
+                "engine in each [[ensemble.members]]); remove the [engine] table",
+            )
+        ensemble = _ensemble(top, base)
+        shape_of = ensemble.members[0].network  # members share the input shape and classes
+    else:
+        if not top.has("model"):
+            raise top.error("model", "is required (or an [ensemble] table instead)")
+        model_path = base / top.get("model", str, required=True)
+        network = _model(top, base)
+        shape_of = network
 
     data, domain, file_limit = _data(top, base)
     engine_name, engine_config = _engine(top)
@@ -184,7 +280,19 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
         own = None
         if t.has("model"):
             own = _model(t, base)
-        named = _property(t, own or network, data, domain)
+        elif ensemble is not None and t.has("engine"):
+            raise t.error(
+                "engine",
+                "a property checked on the [ensemble] runs its members' engines; give "
+                "the property its own model to check it with its own engine",
+            )
+        named = _property(t, own or shape_of, data, domain)
+        if own is None and ensemble is not None:
+            try:
+                ensemble.ensemble.supports(named.spec)
+            except UnsupportedError as err:
+                key = None if isinstance(named.spec, LocalRobustness) else "kind"
+                raise t.error(key, f"on the [ensemble]: {err}") from None
         own_engine = _engine(t) if t.has("engine") else (None, None)
         props.append(
             attrs.evolve(named, network=own, engine_name=own_engine[0], engine_config=own_engine[1])
@@ -207,6 +315,7 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
         engine_config,
         radii,
         tuple(props),
+        ensemble,
     )
 
 
@@ -215,6 +324,103 @@ def _model(t: _Table, base: Path) -> Network:
         return load_network(base / t.get("model", str, required=True))
     except ModelFileError as err:
         raise t.error("model", str(err)) from None
+
+
+@attrs.frozen
+class _Kind:
+    """An ensemble kind in spec files: the keys of its own in ``[ensemble]``, how to read them
+    (``read(table, number of members) -> options``) and how to build the ensemble
+    (``make(members, options)``)."""
+
+    keys: frozenset[str]
+    read: Callable[[_Table, int], dict[str, Any]]
+    make: Callable[[list[Member], dict[str, Any]], Ensemble]
+
+
+def _voting_options(t: _Table, k: int) -> dict[str, Any]:
+    if not t.has("weights"):
+        return {"weights": None}
+    weights = _numbers(t, "weights", t.get("weights", list))
+    if len(weights) != k:
+        raise t.error("weights", f"has {len(weights)} weights for {k} members: give one each")
+    bad = [w for w in weights if not w > 0]
+    if bad:
+        raise t.error("weights", f"must be positive, found {bad[0]!r}")
+    return {"weights": tuple(weights)}
+
+
+_ENSEMBLE_KINDS: dict[str, _Kind] = {
+    "cascade": _Kind(frozenset(), lambda t, k: {}, lambda ms, o: Cascade(ms)),
+    "voting": _Kind(frozenset({"weights"}), _voting_options, lambda ms, o: Voting(ms, **o)),
+}
+"""The ensemble kinds a spec file may name, with their own keys."""
+
+
+def _ensemble(top: _Table, base: Path) -> EnsembleSpec:
+    t = top.table("ensemble")
+    assert t is not None  # the caller saw the key
+    known = ", ".join(_ENSEMBLE_KINDS)
+    kind = t.get("kind", str, required=True)
+    if kind not in _ENSEMBLE_KINDS:
+        raise t.error("kind", f"unknown ensemble kind {kind!r}; known kinds: {known}")
+    spec = _ENSEMBLE_KINDS[kind]
+    for other, ks in _ENSEMBLE_KINDS.items():
+        for key in sorted((ks.keys - spec.keys) & set(t.raw)):
+            raise t.error(key, f"is an option of kind {other!r} only, not of {kind!r}")
+    if isinstance(t.raw.get("members"), dict):
+        raise t.error("members", "must be an array of tables: write [[ensemble.members]]")
+    raw_members = t.get("members", list, [])
+    if not raw_members:
+        raise t.error(
+            "members", "lists no member: add [[ensemble.members]] tables with model and engine"
+        )
+    members, built = [], []
+    for i, raw_member in enumerate(raw_members):
+        mt = _Table(t.file, f"{t.where}.members[{i}]", raw_member)
+        member = _member(mt, base)
+        mt.finish()
+        try:
+            built.append(member.build())
+        except UnsupportedError as err:
+            raise mt.error("engine", str(err)) from None
+        members.append(member)
+    names = [m.name for m in members if m.name]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise t.error("members", f"duplicate member name {dup[0]!r}")
+    options = spec.read(t, len(members))
+    t.finish()
+    try:
+        ensemble = spec.make(built, options)
+    except SpecError as err:
+        raise t.error("members", str(err)) from None
+    return EnsembleSpec(kind, tuple(members), options, ensemble)
+
+
+def _member(t: _Table, base: Path) -> MemberSpec:
+    network = _model(t, base)
+    path = base / t.get("model", str)
+    if not t.has("engine"):
+        raise t.error("engine", "is required: the engine that certifies this member")
+    if isinstance(t.raw["engine"], str):
+        name = t.get("engine", str)
+        try:
+            config = engine_class(name).Config()
+        except UnsupportedError as err:
+            raise t.error("engine", str(err)) from None
+    elif isinstance(t.raw["engine"], dict):
+        et = t.table("engine")
+        assert et is not None
+        if not et.has("name"):
+            raise et.error("name", "is required: the engine that certifies this member")
+        name, config = _engine(t)
+    else:
+        raise t.error(
+            "engine",
+            f"expected an engine name or a table of name and options, got "
+            f"{type(t.raw['engine']).__name__} {t.raw['engine']!r}",
+        )
+    return MemberSpec(path, network, name, config, t.get("name", str, ""))
 
 
 def _data(top: _Table, base: Path) -> tuple[Dataset | None, tuple[float, float] | None, int | None]:
