@@ -317,6 +317,37 @@ def audit_table(report: Any) -> str:
     return "\n".join(lines)
 
 
+ENSEMBLE_SOLVER = "milp"
+"""The solver of the exact ensemble audit (``verispec.ensembles.exact``)."""
+
+
+def ensemble_audit_table(audit: Any) -> str:
+    """The human summary of one property's ensemble audit: the counts (timeouts as such) and
+    every violation with its witness."""
+    s = audit.summary()
+    claimed = s["points"] - s["not_claimed"]
+    rows = [
+        ("spec", s["spec"]),
+        ("ensemble / solver", f"{s['ensemble']} / exact {ENSEMBLE_SOLVER}"),
+        ("points", str(s["points"])),
+        ("claimed robust", str(claimed)),
+        ("proved robust", str(s["robust"])),
+        ("not claimed", str(s["not_claimed"])),
+        ("timeout", str(s["timeout"])),
+        ("unknown", str(s["unknown"])),
+        ("time", f"{s['time_s']:.2f} s"),
+        ("VIOLATIONS", str(s["violated"])),
+    ]
+    lines = [_table(rows)]
+    for v in audit.violations:
+        lines.append(
+            f"  ! violated at point {v.index}: the ensemble answers {v.answer} and claims "
+            f"robustness, answers {v.witness_answer} at the witness; {v.detail}"
+        )
+        lines.append(f"    witness: {np.array2string(v.witness.ravel(), precision=6)}")
+    return "\n".join(lines)
+
+
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option(
@@ -324,7 +355,7 @@ def audit_table(report: Any) -> str:
     "engine_name",
     type=ENGINE_CHOICE,
     default=None,
-    help="engine to audit (default: the file's)",
+    help="engine to audit (default: the file's; an [ensemble] audits its members' engines)",
 )
 @click.option("--solver", type=SOLVER_CHOICE, default="milp", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="audit the first N points")
@@ -349,48 +380,70 @@ def audit(
     """Audit an engine against an exact solver on every property of SPEC.
 
     Prints a summary per property and every soundness violation; exits with status 1 when a
-    violation is found, 0 otherwise.
+    violation is found, 0 otherwise. On a spec file with an [ensemble], audits the ensemble's
+    claims exactly (--solver milp): a violation is a point of the ball where its answer changes.
     """
 
     def run() -> int:
         from verispec.api import points_of
         from verispec.audit import audit as vaudit
+        from verispec.ensembles import Ensemble, EnsembleAudit, audit_ensemble
         from verispec.errors import SpecFileError, UnsupportedError
-        from verispec.network import Network
         from verispec.solvers.base import SolverConfig, solver_class
         from verispec.specfile import load_specfile
-        from verispec.specs import SafeOrdering
+        from verispec.specs import LocalRobustness, SafeOrdering
 
         sf = load_specfile(spec, limit=limit)
+        on_ensemble = [p.network is None and sf.ensemble is not None for p in sf.properties]
+        if any(on_ensemble):
+            if engine_name is not None:
+                raise SpecFileError(
+                    f"{sf.path}: --engine {engine_name} cannot replace the engines of the "
+                    "[ensemble]'s members: set engine in each [[ensemble.members]] (or leave "
+                    "out --engine)"
+                )
+            if solver != ENSEMBLE_SOLVER:
+                raise SpecFileError(
+                    f"{sf.path}: the exact audit of an [ensemble] is a mixed-integer program: "
+                    f"use --solver {ENSEMBLE_SOLVER} (not {solver})"
+                )
         exact = solver_class(solver)(SolverConfig(timeout=timeout))
         engines: dict[tuple[str, int], Any] = {}
-        reports = []
+        reports: list[Any] = []
         for prop in sf.properties:
-            engine = _engine_for(sf, prop, engine_name, None, engines)
-            network = sf.model_of(prop)
-            if not isinstance(network, Network):
-                raise SpecFileError(
-                    f"{sf.path}: auditing an [ensemble] needs verispec.ensembles.exact, "
-                    "which this version of verispec does not have"
-                )
+            model = sf.model_of(prop)
             xs = ys = domain = None
             if not isinstance(prop.spec, SafeOrdering):
                 if sf.data is None:
                     raise click.UsageError(f"property {prop.name!r} needs data points")
-                xs, ys, domain = points_of(network, sf.data, sf.limit)
+                xs, ys, domain = points_of(model, sf.data, sf.limit)
+            report: Any
             try:
-                report = vaudit(engine, exact, network, prop.spec, xs, ys, domain, timeout)
+                if isinstance(model, Ensemble):
+                    assert isinstance(prop.spec, LocalRobustness)  # the spec file checked it
+                    report = audit_ensemble(model, prop.spec, xs, domain, timeout)
+                    table = ensemble_audit_table(report)
+                else:
+                    engine = _engine_for(sf, prop, engine_name, None, engines)
+                    report = vaudit(engine, exact, model, prop.spec, xs, ys, domain, timeout)
+                    table = audit_table(report)
             except UnsupportedError as err:
                 click.echo(f"{prop.name}\n  skipped: {err}\n")
                 continue
             reports.append(report)
-            click.echo(f"{prop.name}\n{audit_table(report)}\n")
+            click.echo(f"{prop.name}\n{table}\n")
         if json_path:
             payload = {"spec_file": str(sf.path), "audits": [r.to_dict() for r in reports]}
             Path(json_path).write_text(json.dumps(payload, indent=1))
             click.echo(f"wrote {json_path}")
         total = sum(len(r.violations) for r in reports)
-        click.echo(f"{total} soundness violation(s)")
+        exact_audits = [r for r in reports if isinstance(r, EnsembleAudit)]
+        timeouts = sum(r.counts["timeout"] for r in exact_audits)
+        unknown = sum(r.counts["unknown"] for r in exact_audits)
+        undecided = [f"{timeouts} point(s) timed out"] if timeouts else []
+        undecided += [f"{unknown} point(s) undecided"] if unknown else []
+        unproved = f" ({', '.join(undecided)}: not proved robust)" if undecided else ""
+        click.echo(f"{total} soundness violation(s){unproved}")
         return 1 if total else 0
 
     sys.exit(_guard(debug, run))

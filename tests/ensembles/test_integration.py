@@ -341,3 +341,76 @@ def test_cli_check_refuses_an_engine_override_for_an_ensemble(models):
     res = CliRunner().invoke(main, ["check", str(bad)])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "bad.toml: [ensemble] key 'weights'" in res.output
+
+
+# -- the exact audit on the command line -----------------------------------------------------
+
+AUDIT_PROPERTY = (
+    '[[property]]\nname = "robust-linf"\nkind = "local_robustness"\neps = 0.2\nnorm = "linf"\n'
+)
+
+
+@pytest.fixture
+def edge(tmp_path):
+    """A cascade spec with a known unsound point: member "edge" (y1 - y0 = 2 x0) certifies
+    class 1 where x0 > 0.2 (l_inf eps 0.2), member "const" class 0 everywhere. At x = (0.15, 0)
+    the cascade answers 0 ("const" certifies) but "edge" certifies 1 at (0.2+, .) in the ball;
+    x = (-0.6, 0) is robust."""
+    edge_net = Network((Dense(np.array([[-1.0, 0.0], [1.0, 0.0]]), np.zeros(2)),), (2,))
+    const = Network((Dense(np.zeros((2, 2)), np.array([1.0, 0.0])),), (2,))
+    save_model(edge_net, tmp_path / "edge.pt")
+    save_model(const, tmp_path / "const.pt")
+    np.savez(tmp_path / "pts.npz", x=np.array([[0.15, 0.0], [-0.6, 0.0]]), y=np.array([0, 0]))
+    members = _members("edge", "const")
+    data = '[data]\nsource = "npz:pts.npz"\nsplit = "all"\n'
+    for kind in ("cascade", "voting"):
+        _write(
+            tmp_path,
+            f'[ensemble]\nkind = "{kind}"\n' + members + data + AUDIT_PROPERTY,
+            f"{kind}.toml",
+        )
+    return tmp_path
+
+
+def test_cli_audit_finds_the_cascades_violation(edge):
+    pytest.importorskip("cvxpy")
+    out = edge / "a.json"
+    res = CliRunner().invoke(main, ["audit", str(edge / "cascade.toml"), "--json", str(out)])
+    assert res.exit_code == 1, res.output
+    assert re.search(
+        r"^  ensemble / solver +cascade\[lipschitz,lipschitz\] / exact milp$", res.output, re.M
+    )
+    assert re.search(r"^  proved robust +1$", res.output, re.M)
+    assert re.search(r"^  VIOLATIONS +1$", res.output, re.M)
+    assert (
+        "! violated at point 0: the ensemble answers 0 and claims robustness, answers 1"
+        in res.output
+    )
+    assert "edge certified class 1" in res.output and "    witness: [" in res.output
+    assert res.output.rstrip().endswith("1 soundness violation(s)")
+    (audit,) = json.loads(out.read_text())["audits"]
+    assert audit["violated"] == 1 and audit["robust"] == 1 and audit["timeout"] == 0
+    first, second = audit["results"]
+    assert first["status"] == "violated" and first["witness_answer"] == 1
+    assert first["witness"][0] >= 0.2 and second["status"] == "robust"
+
+
+def test_cli_audit_of_voting_and_time_limits(edge):
+    pytest.importorskip("cvxpy")
+    res = CliRunner().invoke(main, ["audit", str(edge / "voting.toml")])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"^  VIOLATIONS +0$", res.output, re.M)
+    assert res.output.rstrip().endswith("0 soundness violation(s)")
+    res = CliRunner().invoke(main, ["audit", str(edge / "cascade.toml"), "--timeout", "1e-9"])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"^  timeout +2$", res.output, re.M)
+    assert "0 soundness violation(s) (2 point(s) timed out: not proved robust)" in res.output
+
+
+def test_cli_audit_refuses_other_solvers_and_engines_for_an_ensemble(edge):
+    spec = str(edge / "cascade.toml")
+    res = CliRunner().invoke(main, ["audit", spec, "--solver", "smt"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"{spec}: the exact audit of an [ensemble] is a mixed-integer program" in res.output
+    res = CliRunner().invoke(main, ["audit", spec, "--engine", "lipschitz"])
+    assert res.exit_code == 2 and f"{spec}: --engine lipschitz cannot replace" in res.output
