@@ -344,7 +344,8 @@ def ensemble_audit_table(audit: Any) -> str:
             f"  ! violated at point {v.index}: the ensemble answers {v.answer} and claims "
             f"robustness, answers {v.witness_answer} at the witness; {v.detail}"
         )
-        lines.append(f"    witness: {np.array2string(v.witness.ravel(), precision=6)}")
+        lead = "    witness: "
+        lines.append(lead + np.array2string(v.witness.ravel(), precision=6, prefix=lead))
     return "\n".join(lines)
 
 
