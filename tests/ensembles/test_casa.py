@@ -31,7 +31,7 @@ from verispec.results import BatchResult
 from verispec.specs import LocalRobustness
 
 ENGINE = LipschitzEngine()
-FAST = CasaConfig(steps=25, restarts=2)
+FAST = CasaConfig(steps=25, samples=8)
 DOMAIN2 = Box.uniform(-1.0, 1.0, (2,))
 
 
@@ -181,7 +181,7 @@ def test_refuses_members_not_certified_by_lipschitz():
 
 def test_refuses_voting():
     voting = Voting([Member(RISING, ENGINE), Member(CONSTANT, ENGINE)])
-    with pytest.raises(UnsupportedError, match="cascade"):
+    with pytest.raises(UnsupportedError, match="Cascade, not a Voting"):
         cascade_attack(voting, LocalRobustness(0.5, Norm.L2), np.zeros((1, 2)))
 
 
@@ -202,6 +202,7 @@ cases = st.fixed_dictionaries(
         "norm": st.sampled_from(list(Norm)),
         "eps": st.floats(0.05, 0.4),
         "domain": st.booleans(),
+        "batch_size": st.sampled_from([7, 4096]),
     }
 )
 
@@ -226,7 +227,9 @@ def test_every_witness_rechecks_and_the_attack_is_deterministic(case):
     spec = LocalRobustness(case["eps"], case["norm"])
     domain = Box.uniform(-1.0, 1.0, (d,)) if case["domain"] else None
     xs = rng.uniform(-1.0, 1.0, (6, d))
-    config = CasaConfig(steps=25, restarts=2, seed=case["seed"] % 1000)
+    config = CasaConfig(
+        steps=25, samples=8, seed=case["seed"] % 1000, batch_size=case["batch_size"]
+    )
     result = cascade_attack(cascade, spec, xs, domain, config)
     _assert_witnesses_recheck(cascade, spec, xs, domain, result)
     again = cascade_attack(cascade, spec, xs, domain, config)

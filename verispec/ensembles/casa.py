@@ -14,8 +14,10 @@ K (``LipschitzEngine.bounds(network, norm).pairwise()``), certification of class
 being > 0. CasA minimises hinge losses on these margins (members 0 .. j-1 below -kappa_i,
 member j's margin for t above kappa_j, or the last member's t above its other logits by
 kappa), by projected gradient steps in float64 torch (sign steps for l_inf, normalised
-gradient steps for l2) inside the ball and the domain, for every target (j, t), from x itself
-and from seeded random points of the ball.
+gradient steps for l2, the step length decaying) inside the ball and the domain, for every
+target (j, t), from x itself and from the best of seeded uniform draws of the ball. Targets
+the certificate at x rules out are skipped: the member that certified a at x certifying
+another class, and, when that member is the last, the member-less answer.
 
 **Guarantee**: every witness returned has been moved exactly into the closed ball and the
 domain (``Ball.inside``) and re-checked by the cascade itself, one point at a time:
@@ -26,6 +28,7 @@ finding nothing proves nothing. Same inputs and config give the same witnesses.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -49,11 +52,12 @@ class CasaConfig:
     """Options of the cascade attack.
 
     ``steps`` gradient steps per run; ``restarts`` runs per (point, target): the first from x
-    itself, the others from seeded uniform points of the ball; ``step_size`` the step length as
-    a fraction of eps (halved for the second half of the steps); ``kappa`` the overshoot of the
-    hinges, as a fraction of eps times the member's largest pairwise constant; ``seed`` the
-    random starts; ``device`` where the torch passes run; ``batch_size`` the most rows (point,
-    target, restart) attacked at once.
+    itself, the others from the lowest-loss of ``samples`` uniform draws of the ball;
+    ``step_size`` the step length as a fraction of eps (cosine decay to 1/50 of it over the
+    steps); ``kappa`` the overshoot of the hinges, as a fraction of eps times the member's
+    largest pairwise constant; ``seed`` the random draws (one stream per point: its draws do
+    not depend on the other points); ``device`` where the torch passes run; ``batch_size`` the
+    most rows (point, target, restart) attacked at once.
     """
 
     steps: int = attrs.field(default=50, validator=attrs.validators.ge(1))
@@ -62,6 +66,7 @@ class CasaConfig:
     kappa: float = attrs.field(default=0.02, converter=float, validator=attrs.validators.ge(0))
     seed: int = 0
     device: str = "cpu"
+    samples: int = attrs.field(default=64, validator=attrs.validators.ge(1))
     batch_size: int = attrs.field(default=4096, validator=attrs.validators.gt(0))
 
 
@@ -102,7 +107,7 @@ class _Member:
     kappa: float
 
 
-def _lipschitz_members(cascade: Cascade, spec: LocalRobustness) -> None:
+def _lipschitz_members(cascade: Cascade) -> None:
     """Raise UnsupportedError unless every member is certified by the Lipschitz engine."""
     for i, m in enumerate(cascade.members):
         if not isinstance(m.engine, LipschitzEngine):
@@ -115,6 +120,7 @@ def _lipschitz_members(cascade: Cascade, spec: LocalRobustness) -> None:
 def _prepare(
     cascade: Cascade, spec: LocalRobustness, config: CasaConfig, device: torch.device
 ) -> list[_Member]:
+    """The members' float64 modules on ``device``, their K and overshoots."""
     out = []
     for m in cascade.members:
         assert isinstance(m.engine, LipschitzEngine)  # _lipschitz_members checked it
@@ -139,26 +145,21 @@ def _targets(k: int, m: int, first: int, answer: int) -> list[tuple[int, int]]:
     return out
 
 
-def _starts(
+def _uniform(
     centre: FloatArray, spec: LocalRobustness, domain: Box | None, n: int, rng: np.random.Generator
 ) -> FloatArray:
-    """``n`` starting points (n, d): the centre, then uniform points of the ball (clipped into
-    the domain)."""
+    """``n`` uniform points (n, d) of the ball around ``centre``, clipped into the domain."""
     d = centre.size
-    out = np.repeat(centre.reshape(1, d), n, axis=0)
-    r = n - 1
-    if r > 0:
-        if spec.norm is Norm.LINF:
-            step = rng.uniform(-spec.eps, spec.eps, size=(r, d))
-        else:
-            direction = rng.standard_normal((r, d))
-            direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-300)
-            radius = spec.eps * rng.uniform(0.0, 1.0, size=(r, 1)) ** (1.0 / max(d, 1))
-            step = direction * radius
-        out[1:] = centre.reshape(1, d) + step
+    if spec.norm is Norm.LINF:
+        step = rng.uniform(-spec.eps, spec.eps, size=(n, d))
+    else:
+        direction = rng.standard_normal((n, d))
+        direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-300)
+        step = direction * (spec.eps * rng.uniform(0.0, 1.0, size=(n, 1)) ** (1.0 / max(d, 1)))
+    out = centre.reshape(1, d) + step
     if domain is not None:
         out = np.clip(out, domain.lo.reshape(1, d), domain.hi.reshape(1, d))
-    return out
+    return np.asarray(out)
 
 
 def _margins(y: torch.Tensor, pair_k: torch.Tensor, eps: float) -> torch.Tensor:
@@ -224,49 +225,99 @@ def _project(
     return out
 
 
+@attrs.frozen(eq=False)
+class _Attack:
+    """What every chunk of the attack shares."""
+
+    cascade: Cascade
+    spec: LocalRobustness
+    domain: Box | None
+    config: CasaConfig
+    device: torch.device
+    members: list[_Member]
+
+
+@attrs.define(eq=False)
+class _Found:
+    """The witnesses found so far, per point (filled in place)."""
+
+    witnesses: list[FloatArray | None]
+    member: np.ndarray
+    member_certified: np.ndarray
+    witness_class: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> _Found:
+        return cls(
+            [None] * n,
+            np.full(n, NO_MEMBER, dtype=np.int64),
+            np.zeros(n, dtype=bool),
+            np.full(n, NO_MEMBER, dtype=np.int64),
+        )
+
+
+@attrs.frozen(eq=False)
+class _Plan:
+    """One point's runs: its index, targets (T, 2) as (j, t) and its random stream."""
+
+    point: int
+    targets: np.ndarray
+    rng: np.random.Generator
+
+    @property
+    def rows(self) -> int:
+        return len(self.targets)
+
+
 def _run(
-    members: list[_Member],
+    attack: _Attack,
     starts: FloatArray,
     centres: FloatArray,
-    target_j: np.ndarray,
-    target_t: np.ndarray,
-    shape: tuple[int, ...],
-    spec: LocalRobustness,
-    domain: Box | None,
-    config: CasaConfig,
-    device: torch.device,
+    targets: np.ndarray,
 ) -> tuple[FloatArray, FloatArray]:
     """PGD on the rows: each row's lowest-loss iterate (R, d) and that loss (R,)."""
+    spec, config, device, domain = attack.spec, attack.config, attack.device, attack.domain
+    shape = attack.cascade.input_shape
     f64 = torch.float64
     c = torch.tensor(centres, dtype=f64, device=device)
-    tj = torch.tensor(target_j, dtype=torch.int64, device=device)
-    tt = torch.tensor(target_t, dtype=torch.int64, device=device)
+    tj = torch.tensor(targets[:, 0], dtype=torch.int64, device=device)
+    tt = torch.tensor(targets[:, 1], dtype=torch.int64, device=device)
     lo = hi = None
     if domain is not None:
         lo = torch.tensor(domain.lo.reshape(1, -1), dtype=f64, device=device)
         hi = torch.tensor(domain.hi.reshape(1, -1), dtype=f64, device=device)
     x = torch.tensor(starts, dtype=f64, device=device)
-    best = x.clone()
+    best = x.detach().clone()
     best_loss = torch.full((x.shape[0],), float("inf"), dtype=f64, device=device)
     sign_steps = spec.norm is Norm.LINF
     for step in range(config.steps + 1):
         x.requires_grad_(True)
-        loss = _loss(members, x, shape, spec.eps, tj, tt)
+        loss = _loss(attack.members, x, shape, spec.eps, tj, tt)
         with torch.no_grad():
-            better = loss < best_loss
+            better = loss < best_loss  # never NaN: a non-finite iterate is never kept
             best = torch.where(better[:, None], x.detach(), best)
             best_loss = torch.where(better, loss.detach(), best_loss)
         if step == config.steps or bool((best_loss == 0).all()):
             break
         (grad,) = torch.autograd.grad(loss.sum(), x)
-        alpha = config.step_size * spec.eps * (1.0 if step < config.steps // 2 else 0.5)
+        alpha = config.step_size * spec.eps * _decay(step, config.steps)
         with torch.no_grad():
             if sign_steps:
                 x = x - alpha * grad.sign()
             else:
                 x = x - alpha * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-300)
             x = _project(x, c, spec, lo, hi)
-    return best.detach().cpu().numpy(), best_loss.cpu().numpy()
+    found = best.detach().cpu().numpy()
+    found = np.where(np.isfinite(found), found, centres)
+    if domain is not None:  # the torch clip is exact already; the screening pass needs it
+        found = np.clip(found, domain.lo.reshape(1, -1), domain.hi.reshape(1, -1))
+    return found, best_loss.cpu().numpy()
+
+
+def _decay(step: int, steps: int) -> float:
+    """The step length's factor: cosine from 1 down to 1/50 over the run (the iterate settles
+    into thin regions that constant steps jump across)."""
+    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * step / max(steps - 1, 1)))
 
 
 def cascade_attack(
@@ -283,83 +334,59 @@ def cascade_attack(
     start_time = time.perf_counter()
     config = config or CasaConfig()
     if not isinstance(cascade, Cascade):
-        raise UnsupportedError(
-            f"CasA attacks a cascade, not a {type(cascade).__name__} ensemble "
-            f"({getattr(cascade, 'kind', '')!s})"
-        )
+        raise UnsupportedError(f"CasA attacks a Cascade, not a {type(cascade).__name__}")
     cascade.supports(spec)
-    _lipschitz_members(cascade, spec)
+    _lipschitz_members(cascade)
     points = validate_points(cascade.members[0].network, xs, domain)
     n = len(points)
-    witnesses: list[FloatArray | None] = [None] * n
-    member = np.full(n, NO_MEMBER, dtype=np.int64)
-    member_certified = np.zeros(n, dtype=bool)
-    witness_class = np.full(n, NO_MEMBER, dtype=np.int64)
-    if not n:
-        return CasaResult(
-            (),
-            np.zeros(0, bool),
-            np.zeros(0, np.int64),
-            member,
-            member_certified,
-            witness_class,
-            time.perf_counter() - start_time,
-        )
-    answer = cascade.answer(spec, points, domain)
-    claimed = np.asarray(answer.certified, dtype=bool)
-    predicted = np.asarray(answer.predicted, dtype=np.int64)
-    k, m = len(cascade.members), cascade.num_classes
+    found = _Found.empty(n)
+    claimed = np.zeros(n, dtype=bool)
+    predicted = np.zeros(n, dtype=np.int64)
+    if n:
+        answer = cascade.answer(spec, points, domain)
+        claimed = np.asarray(answer.certified, dtype=bool)
+        predicted = np.asarray(answer.predicted, dtype=np.int64)
     todo = np.flatnonzero(claimed)
-    if len(todo) and m >= 2:
+    if len(todo) and cascade.num_classes >= 2:
         device = torch.device(config.device)
-        members = _prepare(cascade, spec, config, device)
-        decisions = cascade.decisions(spec, points[todo], domain)
-        firsts = np.argmax(decisions.certified, axis=0)
-        rng = np.random.default_rng(config.seed)
-        shape = cascade.input_shape
-        plans = []  # per point: (point, targets (T, 2), starts (T * restarts, d))
-        for p, first in zip(todo.tolist(), firsts.tolist(), strict=True):
-            targets = _targets(k, m, int(first), int(predicted[p]))
-            if not targets:
-                continue
-            runs = np.stack(
-                [_starts(points[p], spec, domain, config.restarts, rng) for _ in targets]
-            )
-            plans.append((p, np.array(targets, dtype=np.int64), runs.reshape(-1, points[p].size)))
-        for chunk in _chunks(plans, config.batch_size):
-            _attack_chunk(
-                cascade,
-                spec,
-                domain,
-                config,
-                device,
-                members,
-                points,
-                predicted,
-                shape,
-                chunk,
-                witnesses,
-                member,
-                member_certified,
-                witness_class,
-            )
+        attack = _Attack(
+            cascade, spec, domain, config, device, _prepare(cascade, spec, config, device)
+        )
+        for chunk in _chunks(_plans(attack, points, predicted, todo), config.batch_size):
+            _attack_chunk(attack, points, predicted, chunk, found)
     return CasaResult(
-        tuple(witnesses),
+        tuple(found.witnesses),
         claimed,
         predicted,
-        member,
-        member_certified,
-        witness_class,
+        found.member,
+        found.member_certified,
+        found.witness_class,
         time.perf_counter() - start_time,
     )
 
 
-def _chunks(plans: list[Any], rows: int) -> list[list[Any]]:
+def _plans(
+    attack: _Attack, points: FloatArray, predicted: np.ndarray, todo: np.ndarray
+) -> list[_Plan]:
+    """The runs of every claimed point, random starts drawn point by point from the seed."""
+    cascade, spec, config = attack.cascade, attack.spec, attack.config
+    k, m = len(cascade.members), cascade.num_classes
+    firsts = np.argmax(cascade.decisions(spec, points[todo], attack.domain).certified, axis=0)
+    plans = []
+    for p, first in zip(todo.tolist(), firsts.tolist(), strict=True):
+        targets = _targets(k, m, int(first), int(predicted[p]))
+        if targets:
+            rows = np.repeat(np.array(targets, dtype=np.int64), config.restarts, axis=0)
+            plans.append(_Plan(p, rows, np.random.default_rng([config.seed, p])))
+    return plans
+
+
+def _chunks(plans: list[_Plan], rows: int) -> list[list[_Plan]]:
     """Consecutive groups of plans with at most ``rows`` rows each (one plan at least)."""
-    out: list[list[Any]] = []
+    out: list[list[_Plan]] = []
     size = 0
     for plan in plans:
-        r = len(plan[2])
+        r = plan.rows
         if out and size + r <= rows:
             out[-1].append(plan)
             size += r
@@ -370,65 +397,68 @@ def _chunks(plans: list[Any], rows: int) -> list[list[Any]]:
 
 
 def _attack_chunk(
-    cascade: Cascade,
-    spec: LocalRobustness,
-    domain: Box | None,
-    config: CasaConfig,
-    device: torch.device,
-    members: list[_Member],
+    attack: _Attack,
     points: FloatArray,
     predicted: np.ndarray,
-    shape: tuple[int, ...],
-    chunk: list[Any],
-    witnesses: list[FloatArray | None],
-    member: np.ndarray,
-    member_certified: np.ndarray,
-    witness_class: np.ndarray,
+    chunk: list[_Plan],
+    found: _Found,
 ) -> None:
     """Attack the plans of one chunk, screen the results with one batched cascade pass and
-    confirm the candidates one point at a time (filling the result arrays in place)."""
-    owner = np.concatenate([np.full(len(runs), p) for p, _, runs in chunk])
-    targets = np.concatenate([np.repeat(t, config.restarts, axis=0) for _, t, _ in chunk])
-    starts = np.concatenate([runs for _, _, runs in chunk])
+    confirm the candidates one point at a time."""
+    owner = np.concatenate([np.full(plan.rows, plan.point) for plan in chunk])
+    targets = np.concatenate([plan.targets for plan in chunk])
     centres = points[owner].reshape(len(owner), -1)
-    found, loss = _run(
-        members, starts, centres, targets[:, 0], targets[:, 1], shape, spec, domain, config, device
-    )
-    if domain is not None:  # the torch clip is exact, but keep the screening pass valid
-        found = np.clip(found, domain.lo.reshape(1, -1), domain.hi.reshape(1, -1))
-    screen = cascade.answer(spec, found.reshape((-1, *shape)), domain)
+    starts = _initial(attack, points, chunk, centres, targets)
+    candidates, loss = _run(attack, starts, centres, targets)
+    shape = attack.cascade.input_shape
+    screen = attack.cascade.answer(attack.spec, candidates.reshape((-1, *shape)), attack.domain)
     hits = np.flatnonzero(np.asarray(screen.predicted) != predicted[owner])
     for p in np.unique(owner[hits]).tolist():
         rows = hits[owner[hits] == p]
         rows = rows[np.argsort(loss[rows], kind="stable")]
-        _confirm(
-            cascade,
-            spec,
-            domain,
-            points[p],
-            found[rows],
-            p,
-            witnesses,
-            member,
-            member_certified,
-            witness_class,
+        _confirm(attack, points[p], candidates[rows], p, found)
+
+
+def _initial(
+    attack: _Attack,
+    points: FloatArray,
+    chunk: list[_Plan],
+    centres: FloatArray,
+    targets: np.ndarray,
+) -> FloatArray:
+    """The rows' starts: each run's first restart from x itself, the others from the lowest-loss
+    of ``samples`` uniform draws of the ball (each point's draws from its own stream)."""
+    spec, domain, config = attack.spec, attack.domain, attack.config
+    first = np.concatenate([np.arange(plan.rows) % config.restarts == 0 for plan in chunk])
+    if first.all():
+        return centres
+
+    def draw() -> FloatArray:
+        return np.concatenate(
+            [_uniform(points[plan.point], spec, domain, plan.rows, plan.rng) for plan in chunk]
         )
 
+    device = attack.device
+    tj = torch.tensor(targets[:, 0], dtype=torch.int64, device=device)
+    tt = torch.tensor(targets[:, 1], dtype=torch.int64, device=device)
+    shape = attack.cascade.input_shape
+    best = draw()
+    best_loss = np.full(len(best), np.inf)
+    for s in range(config.samples):
+        cand = best if s == 0 else draw()
+        with torch.no_grad():
+            x = torch.tensor(cand, dtype=torch.float64, device=device)
+            loss = _loss(attack.members, x, shape, spec.eps, tj, tt).cpu().numpy()
+        better = loss < best_loss
+        best = np.where(better[:, None], cand, best)
+        best_loss = np.where(better, loss, best_loss)
+    return np.where(first[:, None], centres, best)
 
-def _confirm(
-    cascade: Cascade,
-    spec: LocalRobustness,
-    domain: Box | None,
-    x: FloatArray,
-    candidates: FloatArray,
-    p: int,
-    witnesses: list[FloatArray | None],
-    member: np.ndarray,
-    member_certified: np.ndarray,
-    witness_class: np.ndarray,
-) -> None:
-    """The first candidate that, moved exactly into the ball, the cascade answers differently
-    than at x (both re-checked alone); recorded at ``p``."""
+
+def _confirm(attack: _Attack, x: FloatArray, candidates: FloatArray, p: int, found: _Found) -> None:
+    """The first candidate that, moved exactly into the ball (and domain), the cascade answers
+    differently than at x, both re-checked alone; recorded at ``p``."""
+    cascade, spec, domain = attack.cascade, attack.spec, attack.domain
     at_x = cascade.answer(spec, x[None], domain)
     if not bool(at_x.certified[0]):
         return
@@ -440,10 +470,9 @@ def _confirm(
         at_w = cascade.answer(spec, w[None], domain)
         if int(at_w.predicted[0]) == int(at_x.predicted[0]):
             continue
-        d = cascade.decisions(spec, w[None], domain)
-        certified = np.asarray(d.certified[:, 0], dtype=bool)
-        witnesses[p] = w
-        member[p] = int(np.argmax(certified)) if certified.any() else len(cascade.members) - 1
-        member_certified[p] = bool(certified.any())
-        witness_class[p] = int(at_w.predicted[0])
+        certified = np.asarray(cascade.decisions(spec, w[None], domain).certified[:, 0])
+        found.witnesses[p] = w
+        found.member[p] = int(np.argmax(certified)) if certified.any() else len(certified) - 1
+        found.member_certified[p] = bool(certified.any())
+        found.witness_class[p] = int(at_w.predicted[0])
         return
