@@ -36,12 +36,14 @@ from verispec.solvers.base import (
 )
 from verispec.solvers.bounds import (
     HIGHS_THREADS,
+    Bounds,
     InputSet,
     highs_outcome,
     new_highs,
     run_highs,
     silence_highs_banner,
 )
+from verispec.solvers.lowering import PiecewiseLinearNet
 
 from verispec.errors import ExtraNotInstalledError
 
@@ -86,16 +88,24 @@ def _cvxpy() -> Any:
     return cvxpy
 
 
-def encode(query: Query) -> tuple[Any, Any]:
-    """The cvxpy problem of ``query`` and its input variable."""
+def encode_input(inp: InputSet) -> tuple[Any, list[Any]]:
+    """A cvxpy variable over the flattened input and the constraints of the input set."""
     cp = _cvxpy()
-    net, inp, bounds = query.net, query.inp, query.bounds
     x = cp.Variable(inp.size)
     cons = [x >= inp.lo, x <= inp.hi]
     if inp.l2_eps is not None and inp.center is not None:
         cons.append(cp.norm(x - inp.center, 2) <= inp.l2_eps)
     if inp.A is not None and inp.b is not None:
         cons.append(inp.A @ x <= inp.b)
+    return x, cons
+
+
+def encode_network(net: PiecewiseLinearNet, bounds: Bounds, x: Any) -> tuple[Any, list[Any]]:
+    """The lowered network on the input expression ``x`` (module docstring): the affine
+    expression of its outputs and the constraints of its hidden layers (``bounds`` valid over
+    every value ``x`` may take). Called once per network, several networks may share ``x``."""
+    cp = _cvxpy()
+    cons: list[Any] = []
     h = x
     for k in range(net.depth - 1):
         z = net.weights[k] @ h + net.biases[k]
@@ -115,7 +125,15 @@ def encode(query: Query) -> tuple[Any, Any]:
             lu, uu = lo[unstable], hi[unstable]
             cons += [hu >= 0, hu >= zu, hu <= zu - cp.multiply(lu, 1 - a), hu <= cp.multiply(uu, a)]
         h = new
-    y = net.weights[-1] @ h + net.biases[-1]
+    return net.weights[-1] @ h + net.biases[-1], cons
+
+
+def encode(query: Query) -> tuple[Any, Any]:
+    """The cvxpy problem of ``query`` and its input variable."""
+    cp = _cvxpy()
+    x, cons = encode_input(query.inp)
+    y, hidden = encode_network(query.net, query.bounds, x)
+    cons += hidden
     for atoms in query.violation:
         vals = atoms.C @ y + atoms.d
         if atoms.C.shape[0] == 1:
@@ -294,35 +312,42 @@ class MilpSolver(ExactSolverBase):
             return Search(SearchStatus.ERROR, detail=problem_range)
         if query.inp.l2_eps is None and importlib.util.find_spec("highspy") is not None:
             return search_highs(query, deadline)
-        cp = _cvxpy()
         problem, x = encode(query)
-        left = deadline - time.perf_counter()
-        if left <= 0:
-            return Search(SearchStatus.TIMEOUT, detail="time limit before the MILP")
-        try:
-            if query.inp.l2_eps is not None:
-                problem.solve(
-                    solver=cp.SCIP,
-                    scip_params={
-                        "limits/time": max(left, 0.01),
-                        "numerics/feastol": TIGHT,
-                        "display/verblevel": 0,
-                    },
-                )
-            else:
-                silence_highs_banner()
-                problem.solve(
-                    solver=cp.HIGHS,
-                    time_limit=max(left, 0.01),
-                    threads=HIGHS_THREADS,
-                    mip_feasibility_tolerance=TIGHT,
-                    primal_feasibility_tolerance=TIGHT,
-                )
-        except cp.error.SolverError as err:
-            return cvxpy_failure(err, deadline)
-        except Exception as err:  # cvxpy's result unpacking; pyscipopt raises bare Exception
-            return Search(SearchStatus.ERROR, detail=f"cvxpy failed: {type(err).__name__}: {err}")
-        return cvxpy_search(problem.status, x.value, deadline)
+        return solve_cvxpy(problem, x, query.inp.l2_eps is not None, deadline)
+
+
+def solve_cvxpy(problem: Any, x: Any, l2: bool, deadline: float) -> Search:
+    """Solve a cvxpy feasibility problem with SCIP (``l2``: a second-order cone with binaries)
+    or HiGHS, within the time left before ``deadline``, at the ``TIGHT`` tolerances; the
+    outcome for the input variable ``x`` (``cvxpy_search`` / ``cvxpy_failure``)."""
+    cp = _cvxpy()
+    left = deadline - time.perf_counter()
+    if left <= 0:
+        return Search(SearchStatus.TIMEOUT, detail="time limit before the MILP")
+    try:
+        if l2:
+            problem.solve(
+                solver=cp.SCIP,
+                scip_params={
+                    "limits/time": max(left, 0.01),
+                    "numerics/feastol": TIGHT,
+                    "display/verblevel": 0,
+                },
+            )
+        else:
+            silence_highs_banner()
+            problem.solve(
+                solver=cp.HIGHS,
+                time_limit=max(left, 0.01),
+                threads=HIGHS_THREADS,
+                mip_feasibility_tolerance=TIGHT,
+                primal_feasibility_tolerance=TIGHT,
+            )
+    except cp.error.SolverError as err:
+        return cvxpy_failure(err, deadline)
+    except Exception as err:  # cvxpy's result unpacking; pyscipopt raises bare Exception
+        return Search(SearchStatus.ERROR, detail=f"cvxpy failed: {type(err).__name__}: {err}")
+    return cvxpy_search(problem.status, x.value, deadline)
 
 
 def cvxpy_failure(err: Exception, deadline: float) -> Search:
