@@ -49,8 +49,9 @@ from verispec.solvers.bounds import (
 )
 from verispec.solvers.lowering import PiecewiseLinearNet, lower
 
+from verispec import options
 from verispec.attacks import pgd_attack, sample_attack
-from verispec.errors import UnsupportedError
+from verispec.errors import ConfigError, UnsupportedError
 from verispec.network import Network
 from verispec.properties import Goal, Property
 from verispec.regions import FloatArray, Polytope
@@ -132,23 +133,27 @@ def solver_class(name: str) -> type[ExactSolverBase]:
 
 def _bound_method(instance: object, attribute: attrs.Attribute, value: str) -> None:
     if value not in {m.value for m in BoundMethod}:
-        raise ValueError(f"bounds must be one of {[m.value for m in BoundMethod]}, got {value!r}")
+        raise ConfigError(
+            f"option 'bounds' (SolverConfig.bounds) must be one of "
+            f"{[m.value for m in BoundMethod]}, got {value!r}",
+            "bounds",
+        )
 
 
 @attrs.frozen
 class SolverConfig:
     """Options shared by the exact solvers."""
 
-    timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=60.0, validator=options.number(0.0))
     bounds: str = attrs.field(default="lp", validator=_bound_method)
-    falsify: bool = True
-    falsify_samples: int = attrs.field(default=256, validator=attrs.validators.ge(0))
-    pgd_restarts: int = attrs.field(default=4, validator=attrs.validators.ge(0))
-    split: bool = True
-    split_max_dims: int = attrs.field(default=8, validator=attrs.validators.ge(0))
-    split_leaf_unstable: int = attrs.field(default=10, validator=attrs.validators.ge(0))
-    tolerance: float = attrs.field(default=1e-6, validator=attrs.validators.gt(0))
-    seed: int = 0
+    falsify: bool = attrs.field(default=True, validator=options.flag)
+    falsify_samples: int = attrs.field(default=256, validator=options.integer(0))
+    pgd_restarts: int = attrs.field(default=4, validator=options.integer(0))
+    split: bool = attrs.field(default=True, validator=options.flag)
+    split_max_dims: int = attrs.field(default=8, validator=options.integer(0))
+    split_leaf_unstable: int = attrs.field(default=10, validator=options.integer(0))
+    tolerance: float = attrs.field(default=1e-6, validator=options.number(0.0, 1.0))
+    seed: int = attrs.field(default=0, validator=options.seed)
 
 
 DEADLINE_SLACK = 0.05

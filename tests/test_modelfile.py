@@ -35,9 +35,15 @@ def test_missing_and_corrupt_files(tmp_path):
     with pytest.raises(ModelFileError, match="not a verispec model"):
         load_model(bad)
     other = tmp_path / "other.pt"
-    torch.save({"weights": torch.zeros(2)}, other)
+    torch.save({"weights": torch.zeros(2), "epoch": 3}, other)
     with pytest.raises(ModelFileError, match="no format tag"):
         load_model(other)
+    state = tmp_path / "state.pt"
+    torch.save({"weights": torch.zeros(2)}, state)
+    with pytest.raises(ModelFileError, match="state_dict") as info:
+        load_model(state)
+    assert "vs.Network.from_torch(module, input_shape)" in str(info.value)
+    assert "vs.save_model(network" in str(info.value)
 
 
 class _Evil:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import enum
 import gzip
 import struct
+import zipfile
 from pathlib import Path
 
 import attrs
 import numpy as np
 
 from verispec.errors import DataError
-from verispec.regions import FloatArray, frozen_array
+from verispec.regions import Box, FloatArray, frozen_array
 
 
 class Split(enum.Enum):
@@ -36,21 +37,72 @@ class Split(enum.Enum):
     ALL = "all"
 
 
+def _array(value: object) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except ValueError as err:
+        raise DataError(f"data arrays must be rectangular numeric arrays ({err})") from None
+
+
 @attrs.frozen(eq=False)
 class Dataset:
     """Inputs ``x`` (n, *shape) float64 and integer labels ``y`` (n,); values in [lo, hi] when
-    ``domain`` is set."""
+    ``domain`` is set. At least one point; every label a class index (an integer >= 0; one-hot
+    rows are refused: give ``y.argmax(axis=1)``). Anything else raises ``DataError`` naming
+    the data source."""
 
-    x: FloatArray = attrs.field(converter=frozen_array)
-    y: np.ndarray = attrs.field(converter=lambda v: np.asarray(v, dtype=np.int64))
+    x: FloatArray = attrs.field(converter=_array)
+    y: np.ndarray = attrs.field(converter=_array)
     name: str = ""
     domain: tuple[float, float] | None = None
 
     def __attrs_post_init__(self) -> None:
-        if self.x.shape[0] != self.y.shape[0]:
-            raise DataError(f"{self.name}: {self.x.shape[0]} inputs but {self.y.shape[0]} labels")
+        where = self.name or "the data"
+        x, y = self.x, self.y
+        if x.dtype.kind not in "fiu":
+            raise DataError(
+                f"{where}: inputs x must be a numeric array, got dtype {x.dtype} "
+                "(save plain float arrays)"
+            )
+        if x.ndim < 2:
+            raise DataError(
+                f"{where}: inputs x have shape {x.shape}; they must be (points, features...), "
+                "one row per point"
+            )
+        if x.shape[0] == 0:
+            raise DataError(f"{where}: the data holds no points (x has shape {x.shape})")
+        object.__setattr__(self, "x", frozen_array(x))
         if not np.all(np.isfinite(self.x)):
-            raise DataError(f"{self.name}: inputs contain NaN or infinity")
+            raise DataError(f"{where}: inputs contain NaN or infinity")
+        object.__setattr__(self, "y", _labels(where, y))
+        if self.x.shape[0] != self.y.shape[0]:
+            raise DataError(f"{where}: {self.x.shape[0]} inputs but {self.y.shape[0]} labels")
+        if self.domain is not None:
+            lo, hi = _domain(where, self.domain)
+            if self.x.min() < lo or self.x.max() > hi:
+                raise DataError(
+                    f"{where}: inputs range over [{self.x.min():g}, {self.x.max():g}], outside "
+                    f"the domain [{lo:g}, {hi:g}]"
+                )
+            object.__setattr__(self, "domain", (lo, hi))
+
+    def domain_box(self, shape: tuple[int, ...] | None = None) -> Box | None:
+        """The domain as a ``Box`` over inputs of ``shape`` (default: the data's own input
+        shape), the region type specs and engines take; None when the data has no domain."""
+        if self.domain is None:
+            return None
+        return Box.uniform(self.domain[0], self.domain[1], shape or tuple(self.x.shape[1:]))
+
+    def check_classes(self, num_classes: int) -> None:
+        """Raise ``DataError`` naming the data and the first offending point if a label is not
+        a class of a model with ``num_classes`` outputs."""
+        bad = np.flatnonzero(self.y >= num_classes)
+        if bad.size:
+            raise DataError(
+                f"{self.name or 'the data'}: label {int(self.y[bad[0]])} of point {int(bad[0])} "
+                f"({bad.size} label(s) in all) is not a class of the model, which has "
+                f"{num_classes} classes (0..{num_classes - 1})"
+            )
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -72,6 +124,49 @@ class Dataset:
                 f"expects {size} {input_shape}"
             )
         return attrs.evolve(self, x=self.x.reshape((-1, *input_shape)))
+
+
+def _labels(where: str, y: np.ndarray) -> np.ndarray:
+    """Labels as read-only int64 class indices, or DataError saying what they look like."""
+    if y.ndim == 2 and y.shape[1] > 1:
+        hot = y.dtype.kind in "biuf" and np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)
+        if hot:
+            raise DataError(
+                f"{where}: labels are one-hot rows (shape {y.shape}); give one class index per "
+                "point instead, e.g. y.argmax(axis=1)"
+            )
+    if y.ndim != 1:
+        raise DataError(f"{where}: labels have shape {y.shape}; give one class index per point")
+    if y.dtype.kind == "b" or y.dtype.kind not in "fiu":
+        raise DataError(f"{where}: labels must be integer class indices, got dtype {y.dtype}")
+    if y.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if bad.size:
+            raise DataError(
+                f"{where}: label {y[bad[0]]!r} of point {int(bad[0])} is not an integer class "
+                f"index ({bad.size} such label(s))"
+            )
+    neg = np.flatnonzero(y < 0)
+    if neg.size:
+        raise DataError(
+            f"{where}: label {y[neg[0]]} of point {int(neg[0])} is negative; class indices "
+            "start at 0"
+        )
+    if y.size and float(y.max()) > 2**31:
+        raise DataError(f"{where}: label {y.max()} is too large to be a class index")
+    out = y.astype(np.int64)
+    out.setflags(write=False)
+    return out
+
+
+def _domain(where: str, domain: object) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in domain)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: the domain must be a pair (lo, hi), got {domain!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise DataError(f"{where}: the domain must be finite with lo < hi, got {domain!r}")
+    return lo, hi
 
 
 def _digits(split: Split) -> Dataset:
@@ -132,19 +227,30 @@ def _idx(spec: str, base: Path, split: Split) -> Dataset:
 
 def _csv(spec: str, base: Path, split: Split) -> Dataset:
     path = base / spec
-    text = _open(path).decode()
     try:
-        table = np.loadtxt(text.splitlines(), delimiter=",", ndmin=2)
+        text = _open(path).decode()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a text CSV file (byte {err.start} is not UTF-8)") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: the CSV file holds no rows")
+    try:
+        table = np.loadtxt(lines, delimiter=",", ndmin=2)
     except ValueError as err:
         raise DataError(f"{path}: not a numeric CSV ({err})") from None
+    if table.shape[1] < 2:
+        raise DataError(f"{path}: each row needs the pixel values and then the label")
     x, y = table[:, :-1], table[:, -1]
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{path}: the pixel values contain NaN or infinity")
     if x.max() > 1.0:
         x = x / 255.0
     _require_all(split, f"csv:{spec}")
     side = round(np.sqrt(x.shape[1]))
     if side * side == x.shape[1]:
         x = x.reshape(-1, 1, side, side)
-    return Dataset(x, y.astype(np.int64), f"csv:{spec}", (0.0, 1.0) if x.min() >= 0 else None)
+    domain = (0.0, 1.0) if x.min() >= 0 and x.max() <= 1 else None
+    return Dataset(x, y, f"csv:{spec}", domain)
 
 
 def _npz(spec: str, base: Path, split: Split) -> Dataset:
@@ -153,14 +259,38 @@ def _npz(spec: str, base: Path, split: Split) -> Dataset:
         raise DataError(f"data file {path} does not exist")
     try:
         arrays = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from None
+    if not isinstance(arrays, np.lib.npyio.NpzFile):
+        raise DataError(
+            f"{path}: holds a single array, not an .npz archive: save the inputs and labels "
+            "with np.savez(path, x=x, y=y)"
+        )
     keys = set(arrays.files)
+
+    def read(key: str) -> np.ndarray:
+        try:
+            return np.asarray(arrays[key])
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            if "object arrays" in str(err).lower():
+                raise DataError(
+                    f"{path}: array {key!r} holds Python objects (dtype object), which are "
+                    "never unpickled: save numeric arrays, e.g. np.savez(path, x=x.astype("
+                    "np.float32), y=y.astype(np.int64))"
+                ) from None
+            raise DataError(f"{path}: array {key!r} cannot be read ({err})") from None
+
+    def dataset(xk: str, yk: str, name: str) -> Dataset:
+        try:
+            return Dataset(read(xk), read(yk), name)
+        except DataError as err:
+            raise DataError(f"{path} (arrays {xk!r}, {yk!r}): {err}") from None
+
     if split is Split.ALL and {"x", "y"} <= keys:
-        return Dataset(arrays["x"], arrays["y"], f"npz:{spec}")
+        return dataset("x", "y", f"npz:{spec}")
     suffix = {Split.TRAIN: "_train", Split.TEST: "_test"}.get(split)
     if suffix and {"x" + suffix, "y" + suffix} <= keys:
-        return Dataset(arrays["x" + suffix], arrays["y" + suffix], f"npz:{spec}[{split.value}]")
+        return dataset("x" + suffix, "y" + suffix, f"npz:{spec}[{split.value}]")
     raise DataError(
         f"{path}: split {split.value!r} needs arrays "
         + ("'x' and 'y'" if split is Split.ALL else f"'x{suffix}' and 'y{suffix}'")

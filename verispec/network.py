@@ -197,7 +197,12 @@ def layer_from_torch(module: nn.Module, where: str) -> Layer | None:
             f"layer {where} ({type(module).__name__}: {module}) is not supported. "
             f"Supported: {SUPPORTED_LAYERS}"
         )
-    return TORCH_IMPORT.rule(module, where)(module, where)
+    try:
+        return TORCH_IMPORT.rule(module, where)(module, where)
+    except UnsupportedLayerError as err:
+        if str(err).startswith(f"layer {where} "):
+            raise
+        raise UnsupportedLayerError(f"layer {where} ({type(module).__name__}): {err}") from None
 
 
 def _layers(value: Iterable[Layer]) -> tuple[Layer, ...]:
@@ -205,7 +210,20 @@ def _layers(value: Iterable[Layer]) -> tuple[Layer, ...]:
 
 
 def _shape(value: Iterable[int]) -> Shape:
-    return tuple(int(v) for v in value)
+    try:
+        dims = tuple(value)
+    except TypeError:
+        raise UnsupportedLayerError(
+            f"the input shape must be a tuple of positive integers, got {value!r}"
+        ) from None
+    if not dims or not all(
+        isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 1 for d in dims
+    ):
+        raise UnsupportedLayerError(
+            f"the input shape must be a tuple of positive integers (no batch dimension), "
+            f"got {value!r}"
+        )
+    return tuple(int(d) for d in dims)
 
 
 @attrs.frozen(eq=False)
@@ -221,6 +239,15 @@ class Network:
     def __attrs_post_init__(self) -> None:
         shapes = [self.input_shape]
         for i, layer in enumerate(self.layers):
+            if not (
+                isinstance(getattr(layer, "kind", None), str)
+                and callable(getattr(layer, "output_shape", None))
+            ):
+                raise UnsupportedLayerError(
+                    f"layer {i} is a {type(layer).__name__}, not a verispec IR layer "
+                    f"({', '.join(sorted(LAYER_TYPES))}); build a network from a torch module "
+                    "with Network.from_torch(module, input_shape)"
+                )
             try:
                 shapes.append(layer.output_shape(shapes[-1]))
             except UnsupportedLayerError as err:
@@ -285,9 +312,38 @@ class Network:
         object.__setattr__(self, "_fingerprint", h.hexdigest())
         return self._fingerprint
 
-    def describe(self) -> list[str]:
-        """One line per layer: index, kind, output shape."""
-        return [
-            f"{i:>3}  {layer.kind:<10} {self.shapes[i]} -> {self.shapes[i + 1]}"
-            for i, layer in enumerate(self.layers)
-        ]
+    def describe(self, full: bool = False) -> list[str]:
+        """One line per layer: index, kind, input and output shape; with ``full``, each layer's
+        fields follow on lines of their own, arrays in full with round-trip digits (enough to
+        rebuild the network exactly)."""
+        lines = []
+        for i, layer in enumerate(self.layers):
+            lines.append(f"{i:>3}  {layer.kind:<10} {self.shapes[i]} -> {self.shapes[i + 1]}")
+            if not full:
+                continue
+            for name, value in fields(layer).items():
+                if isinstance(value, np.ndarray):
+                    text = f"array({value.tolist()!r}) shape {value.shape}"
+                else:
+                    text = repr(value)
+                lines.append(f"       {name} = {text}")
+        return lines
+
+    def summary(self) -> str:
+        """A one-line description: the input shape, the layers' kinds and the classes."""
+        kinds = ", ".join(layer.kind for layer in self.layers) or "no layers"
+        return (
+            f"Network(input {self.input_shape}, {len(self.layers)} layers: {kinds}; "
+            f"{self.num_classes} classes)"
+        )
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def __str__(self) -> str:
+        return "\n".join([self.summary(), *self.describe()])
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """The pretty printers of IPython and hypothesis (a failing test's drawn networks): the
+        summary and every weight (``describe(full=True)``), so the case can be rebuilt."""
+        printer.text("\n".join([self.summary(), *self.describe(full=True)]))

@@ -286,6 +286,8 @@ def load_onnx(path: str | Path) -> Network:
         init.name: np.asarray(numpy_helper.to_array(init), dtype=np.float64)
         for init in graph.initializer
     }
+    for name, value in consts.items():
+        _require_finite(where, graph, name, value)
     inputs = [i for i in graph.input if i.name not in consts]
     if len(inputs) != 1 or len(graph.output) != 1:
         raise UnsupportedLayerError(
@@ -309,6 +311,7 @@ def load_onnx(path: str | Path) -> Network:
             if at is None or at.name != "value":
                 raise conv.fail(node, "only Constant nodes with a tensor 'value' are supported")
             consts[node.output[0]] = np.asarray(numpy_helper.to_array(at.t), dtype=np.float64)
+            _require_finite(where, graph, node.output[0], consts[node.output[0]])
             continue
         live = [name for name in node.input if name == chain]
         if not live:
@@ -316,7 +319,14 @@ def load_onnx(path: str | Path) -> Network:
         if chain in used or len(live) > 1:
             raise conv.fail(node, "the graph branches: a tensor is used by more than one node")
         used.add(chain)
-        _convert(conv, node, op, chain)
+        try:
+            _convert(conv, node, op, chain)
+        except UnsupportedLayerError as err:
+            if str(err).startswith(where):
+                raise
+            raise UnsupportedLayerError(
+                f"{where}: node {node.name or '<unnamed>'!r} ({op}): {err}"
+            ) from None
         chain = node.output[0]
     if chain != graph.output[0].name:
         raise UnsupportedLayerError(f"{where}: the node chain does not end at the graph output")
@@ -324,6 +334,19 @@ def load_onnx(path: str | Path) -> Network:
         return Network(conv.finish(), input_shape)
     except UnsupportedLayerError as err:
         raise UnsupportedLayerError(f"{where}: {err}") from None
+
+
+def _require_finite(where: str, graph: Any, name: str, value: FloatArray) -> None:
+    """Refuse a constant holding NaN or infinity, naming it and the nodes that use it."""
+    if np.all(np.isfinite(value)):
+        return
+    users = [f"{n.name or '<unnamed>'!r} ({n.op_type})" for n in graph.node if name in n.input]
+    used = f", used by node {', '.join(users)}" if users else ""
+    bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+    raise UnsupportedLayerError(
+        f"{where}: constant {name!r}{used} has {bad} NaN or infinite value(s): a network's "
+        "weights must be finite numbers; export the model again"
+    )
 
 
 OpHandler = Callable[[_Converter, Any, str, dict[str, Any], list[str], str], None]

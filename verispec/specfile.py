@@ -265,6 +265,7 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
         shape_of = network
 
     data, domain, file_limit = _data(top, base)
+    _fits(file, data, shape_of, "key 'model'" if network is not None else "[ensemble]")
     engine_name, engine_config = _engine(top)
     radii: tuple[float, ...] = ()
     report = top.table("report")
@@ -280,6 +281,7 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
         own = None
         if t.has("model"):
             own = _model(t, base)
+            _fits(file, data, own, f"[property[{i}]] key 'model'")
         elif ensemble is not None and t.has("engine"):
             raise t.error(
                 "engine",
@@ -317,6 +319,18 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
         tuple(props),
         ensemble,
     )
+
+
+def _fits(file: Path, data: Dataset | None, network: Network, model: str) -> None:
+    """Refuse data whose inputs or labels do not fit ``network``, naming the [data] source and
+    the model's key."""
+    if data is None:
+        return
+    try:
+        data.shaped(network.input_shape)
+        data.check_classes(network.num_classes)
+    except DataError as err:
+        raise SpecFileError(f"{file}: [data] key 'source': {err} (the model of {model})") from None
 
 
 def _model(t: _Table, base: Path) -> Network:
@@ -499,7 +513,7 @@ def engine_config_from(
     try:
         return config_cls(**kwargs)
     except (ValueError, TypeError) as err:
-        raise error(None, f"invalid engine options: {err}") from None
+        raise error(getattr(err, "option", None), f"invalid engine options: {err}") from None
 
 
 def _numbers(t: _Table, key: str, values: list[Any]) -> list[float]:

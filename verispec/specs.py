@@ -19,12 +19,14 @@ from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
 
 __all__ = [
     "Affinity",
+    "Domain",
     "LocalRobustness",
     "Norm",
     "PointSpec",
     "RelaxedTopK",
     "SafeOrdering",
     "Spec",
+    "domain_box",
 ]
 
 
@@ -42,6 +44,34 @@ def _check_logits(logits: FloatArray) -> FloatArray:
     return y
 
 
+Domain = Box | tuple[float, float] | None
+"""The input domain a point spec compiles with: a ``Box``, a pair ``(lo, hi)`` for every
+coordinate (as ``Dataset.domain`` holds it), or None."""
+
+
+def domain_box(domain: Domain, shape: tuple[int, ...]) -> Box | None:
+    """``domain`` as a Box over inputs of ``shape`` (a pair becomes ``Box.uniform``)."""
+    if domain is None or isinstance(domain, Box):
+        return domain
+    if isinstance(domain, tuple | list) and len(domain) == 2:
+        lo, hi = domain
+        if all(isinstance(v, int | float | np.floating | np.integer) for v in (lo, hi)):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise SpecError(f"the domain must be finite with lo <= hi, got {domain!r}")
+            return Box.uniform(float(lo), float(hi), shape)
+    raise SpecError(
+        f"the domain must be a Box, a pair (lo, hi) or None, got {type(domain).__name__} "
+        f"{domain!r:.80}"
+    )
+
+
+def _ball(x: FloatArray, eps: float, norm: Norm, domain: Domain) -> Ball:
+    centre = np.asarray(x)
+    if centre.dtype.kind not in "fiu":
+        raise SpecError(f"the point x must be a real array, got dtype {centre.dtype}")
+    return Ball(centre, eps, norm, domain_box(domain, centre.shape))
+
+
 def top_classes(logits: FloatArray, k: int) -> list[int]:
     """The k classes with the largest logits, best first (ties broken by the lower index)."""
     y = _check_logits(logits)
@@ -55,9 +85,9 @@ class LocalRobustness:
     eps: float = attrs.field(converter=float, validator=_positive_finite)
     norm: Norm = attrs.field(validator=attrs.validators.instance_of(Norm))
 
-    def at(self, x: FloatArray, logits: FloatArray, domain: Box | None = None) -> Goal:
+    def at(self, x: FloatArray, logits: FloatArray, domain: Domain = None) -> Goal:
         y = _check_logits(logits)
-        ball = Ball(x, self.eps, self.norm, domain)
+        ball = _ball(x, self.eps, self.norm, domain)
         return Goal((Property(ball, argmax_in([int(np.argmax(y))], y.size)),))
 
     def validate_for(self, num_classes: int) -> None:
@@ -81,9 +111,9 @@ class RelaxedTopK:
         if value < 1:
             raise SpecError(f"RelaxedTopK.k must be >= 1, got {value}")
 
-    def at(self, x: FloatArray, logits: FloatArray, domain: Box | None = None) -> Goal:
+    def at(self, x: FloatArray, logits: FloatArray, domain: Domain = None) -> Goal:
         y = _check_logits(logits)
-        ball = Ball(x, self.eps, self.norm, domain)
+        ball = _ball(x, self.eps, self.norm, domain)
         return Goal((Property(ball, argmax_in(top_classes(y, self.k), y.size)),))
 
     def validate_for(self, num_classes: int) -> None:
@@ -129,9 +159,9 @@ class Affinity:
         """The groups containing class ``cls``."""
         return tuple(g for g in self.groups if cls in g)
 
-    def at(self, x: FloatArray, logits: FloatArray, domain: Box | None = None) -> Goal:
+    def at(self, x: FloatArray, logits: FloatArray, domain: Domain = None) -> Goal:
         y = _check_logits(logits)
-        ball = Ball(x, self.eps, self.norm, domain)
+        ball = _ball(x, self.eps, self.norm, domain)
         c = int(np.argmax(y))
         return Goal(tuple(Property(ball, argmax_in(sorted(g), y.size)) for g in self.groups_of(c)))
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
 import numpy as np
 
-from verispec.errors import SpecError, SpecFileError
+from verispec.errors import SpecError, SpecFileError, VnnlibTimeout
 from verispec.properties import Clause, Predicate, Property
 from verispec.regions import Box
 
@@ -51,18 +52,58 @@ class VnnlibSpec:
     unsafe: Predicate
 
 
-def _tokens(text: str) -> list[tuple[str, int]]:
-    out: list[tuple[str, int]] = []
+MAX_NESTING = 100
+"""The deepest nesting of different operators (``(and (or (and ...)))``) a formula or term may
+have; nested applications of one associative operator (``(or a (or b (or c ...)))``, ``and``,
+``+``) are flattened and do not count."""
+
+_CHECK_EVERY = 4096
+"""Lines (tokens, clauses) between two looks at the deadline."""
+
+
+class _Clock:
+    """The parse's deadline (a ``time.perf_counter`` value, or None for no limit)."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.ticks = 0
+
+    def tick(self, line: int = 0) -> None:
+        """Count one step; every ``_CHECK_EVERY`` steps, look at the deadline."""
+        self.ticks += 1
+        if self.deadline is not None and not self.ticks % _CHECK_EVERY:
+            self.check(line)
+
+    def check(self, line: int = 0) -> None:
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            at = f" (at line {line})" if line else ""
+            raise VnnlibTimeout(f"reading the VNN-LIB file took longer than its time limit{at}")
+
+
+_LONG_LINE = 1 << 16
+"""Characters from which a line is tokenised match by match (watching the deadline)."""
+
+
+def _tokens(text: str, clock: _Clock | None = None) -> Iterator[tuple[str, int]]:
+    clock = clock or _Clock(None)
     for lineno, line in enumerate(text.splitlines(), start=1):
+        clock.tick(lineno)
         code = line.split(";", 1)[0]
-        out.extend((m.group(0), lineno) for m in _TOKEN.finditer(code))
-    return out
+        if len(code) < _LONG_LINE:
+            for tok in _TOKEN.findall(code):
+                yield tok, lineno
+            continue
+        for m in _TOKEN.finditer(code):
+            clock.tick(lineno)
+            yield m.group(0), lineno
 
 
-def _parse_sexps(text: str) -> list[_Sexp]:
+def _parse_sexps(text: str, clock: _Clock | None = None) -> list[_Sexp]:
+    clock = clock or _Clock(None)
     stack: list[tuple[list[_Sexp], int]] = []
     top: list[_Sexp] = []
-    for tok, line in _tokens(text):
+    for tok, line in _tokens(text, clock):
+        clock.tick(line)
         if tok == "(":
             stack.append(([], line))
         elif tok == ")":
@@ -79,6 +120,30 @@ def _parse_sexps(text: str) -> list[_Sexp]:
     return top
 
 
+def _flat_args(sexp: _Sexp, op: str) -> list[_Sexp]:
+    """The arguments of ``(op a b ...)``, nested ``(op ...)`` arguments spliced in (without
+    recursion: any depth of one associative operator)."""
+    body = sexp[0]
+    assert isinstance(body, list)
+    out: list[_Sexp] = []
+    todo = list(reversed(body[1:]))
+    while todo:
+        item = todo.pop()
+        inner = item[0]
+        if isinstance(inner, list) and _head(item) == op:
+            todo.extend(reversed(inner[1:]))
+        else:
+            out.append(item)
+    return out
+
+
+def _too_deep(line: int) -> SpecFileError:
+    return SpecFileError(
+        f"line {line}: the expression nests more than {MAX_NESTING} levels of different "
+        "operators; flatten it (nested or/and/+ of one kind are fine)"
+    )
+
+
 def _head(sexp: _Sexp) -> str:
     body = sexp[0]
     if isinstance(body, list) and body and isinstance(body[0][0], str):
@@ -87,9 +152,10 @@ def _head(sexp: _Sexp) -> str:
 
 
 class _Parser:
-    def __init__(self, num_inputs: int, num_outputs: int):
+    def __init__(self, num_inputs: int, num_outputs: int, clock: _Clock | None = None):
         self.sizes = {"X": num_inputs, "Y": num_outputs}
         self.declared: set[tuple[str, int]] = set()
+        self.clock = clock or _Clock(None)
 
     def var(self, name: str, line: int) -> tuple[str, int] | None:
         m = _VAR.match(name)
@@ -100,9 +166,11 @@ class _Parser:
             raise SpecFileError(f"line {line}: {name} out of range (there are {self.sizes[kind]})")
         return kind, idx
 
-    def linear(self, sexp: _Sexp) -> tuple[dict[tuple[str, int], float], float]:
+    def linear(self, sexp: _Sexp, depth: int = 0) -> tuple[dict[tuple[str, int], float], float]:
         """A linear term -> (coefficients, constant)."""
         body, line = sexp
+        if depth > MAX_NESTING:
+            raise _too_deep(line)
         if isinstance(body, str):
             v = self.var(body, line)
             if v is not None:
@@ -119,7 +187,10 @@ class _Parser:
         if not body:
             raise SpecFileError(f"line {line}: empty term '()'")
         op = _head(sexp)
-        args = [self.linear(a) for a in body[1:]]
+        parts = _flat_args(sexp, "+") if op == "+" else body[1:]
+        args = [self.linear(a, depth + 1) for a in parts]
+        if not args:
+            raise SpecFileError(f"line {line}: {op or '()'!r} needs arguments")
         if op == "+" or (op == "-" and len(args) > 1):
             coef, const = dict(args[0][0]), args[0][1]
             sign = -1.0 if op == "-" else 1.0
@@ -156,8 +227,11 @@ class _Parser:
         kind = kinds.pop() if kinds else ""
         return kind, {k[1]: v for k, v in coef.items()}, ka - kb
 
-    def dnf(self, sexp: _Sexp) -> list[list[_Atom]]:
+    def dnf(self, sexp: _Sexp, depth: int = 0) -> list[list[_Atom]]:
         body, line = sexp
+        if depth > MAX_NESTING:
+            raise _too_deep(line)
+        self.clock.tick(line)
         op = _head(sexp)
         if not isinstance(body, list):
             if body == "true":
@@ -169,14 +243,14 @@ class _Parser:
             return [[self.atom(sexp)]]
         if op == "and":
             out: list[list[_Atom]] = [[]]
-            for part in body[1:]:
-                sub = self.dnf(part)
+            for part in _flat_args(sexp, "and"):
+                sub = self.dnf(part, depth + 1)
                 out = [a + b for a in out for b in sub]
                 if len(out) > MAX_CLAUSES:
                     raise SpecFileError(f"line {line}: the formula's DNF is too large")
             return out
         if op == "or":
-            return [c for part in body[1:] for c in self.dnf(part)]
+            return [c for part in _flat_args(sexp, "or") for c in self.dnf(part, depth + 1)]
         raise SpecFileError(f"line {line}: unsupported formula {op!r}")
 
 
@@ -216,19 +290,55 @@ def _key(c: Clause) -> bytes:
     return c.C.tobytes() + b"|" + c.d.tobytes()
 
 
-def parse_vnnlib(path_or_text: str | Path, num_inputs: int, num_outputs: int) -> VnnlibSpec:
-    """Parse a VNN-LIB file (a path, or the text itself if it contains a parenthesis)."""
+def _read_text(path: Path) -> str:
+    """A VNN-LIB file's text; a missing, unreadable or binary file raises SpecFileError."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise SpecFileError(f"cannot read VNN-LIB file {path}: {err.strerror or err}") from None
+    if raw[:2] == b"\x1f\x8b":
+        raise SpecFileError(f"VNN-LIB file {path} is gzip-compressed: decompress it first")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecFileError(
+            f"VNN-LIB file {path} is not a text file (byte {err.start} is not UTF-8)"
+        ) from None
+    if "\x00" in text:
+        raise SpecFileError(f"VNN-LIB file {path} is not a text file (it holds NUL bytes)")
+    return text
+
+
+def parse_vnnlib(
+    path_or_text: str | Path,
+    num_inputs: int,
+    num_outputs: int,
+    deadline: float | None = None,
+) -> VnnlibSpec:
+    """Parse a VNN-LIB file (a path, or the text itself if it contains a parenthesis).
+
+    Errors are ``SpecFileError`` naming the file and the line. With ``deadline`` (a
+    ``time.perf_counter()`` value) a parse still running then raises ``VnnlibTimeout``."""
+    clock = _Clock(deadline)
+    clock.check()
     if isinstance(path_or_text, Path) or "(" not in path_or_text:
-        try:
-            text = Path(path_or_text).read_text()
-        except OSError as err:
-            raise SpecFileError(f"cannot read VNN-LIB file {path_or_text}: {err}") from None
+        name = str(path_or_text)
+        text = _read_text(Path(path_or_text))
     else:
-        text = path_or_text
-    p = _Parser(num_inputs, num_outputs)
+        name, text = "VNN-LIB text", path_or_text
+    try:
+        return _parse(text, num_inputs, num_outputs, clock)
+    except (SpecFileError, SpecError) as err:
+        raise SpecFileError(f"{name}: {err}") from None
+    except RecursionError:
+        raise SpecFileError(f"{name}: the expressions nest too deeply to read") from None
+
+
+def _parse(text: str, num_inputs: int, num_outputs: int, clock: _Clock) -> VnnlibSpec:
+    p = _Parser(num_inputs, num_outputs, clock)
     common: list[_Atom] = []
     dnfs: list[list[list[_Atom]]] = []
-    for sexp in _parse_sexps(text):
+    for sexp in _parse_sexps(text, clock):
         body, line = sexp
         op = _head(sexp)
         if op == "declare-const":
@@ -272,6 +382,7 @@ def parse_vnnlib(path_or_text: str | Path, num_inputs: int, num_outputs: int) ->
     if total > MAX_CLAUSES:
         raise SpecFileError(f"the file's DNF has {total} disjuncts, more than {MAX_CLAUSES}")
     for choice in itertools.product(*dnfs):
+        clock.tick()
         extra = [a for part in choice for a in part]
         try:
             lo, hi = _box(extra, lo0, hi0)

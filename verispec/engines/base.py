@@ -37,7 +37,7 @@ import attrs
 import numpy as np
 import torch
 
-from verispec.errors import SpecError, UnsupportedError
+from verispec.errors import ConfigError, DeviceError, SpecError, UnsupportedError
 from verispec.network import Network
 from verispec.regions import Box, FloatArray, Polytope
 from verispec.registry import Registry
@@ -342,9 +342,42 @@ def batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
+DEVICE_CHOICES = "cpu, cuda, cuda:N (N a GPU index) or mps"
+"""The torch devices verispec runs on, as a message names them."""
+
+
+def parse_device(device: str) -> torch.device:
+    """A torch device from a user string, without checking it is available: ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps``; anything else raises ``ConfigError`` naming the valid choices."""
+    if not isinstance(device, str) or not device.strip():
+        raise ConfigError(f"device {device!r} is not a device name: use {DEVICE_CHOICES}")
+    try:
+        dev = torch.device(device.strip())
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {device!r}: use {DEVICE_CHOICES}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {device!r} is not supported: use {DEVICE_CHOICES}")
+    return dev
+
+
 def resolve_device(device: str) -> torch.device:
-    """A torch device from a user string; a clear error when CUDA is asked for but absent."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UnsupportedError(f"device {device!r} requested but CUDA is not available here")
+    """A torch device from a user string, available on this machine: an unknown name, or a GPU
+    that is absent, raises ``DeviceError`` naming the device and the valid choices."""
+    try:
+        dev = parse_device(device)
+    except ConfigError as err:
+        raise DeviceError(str(err)) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {device!r} requested but CUDA is not available here: use cpu"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(
+                f"device {device!r}: this machine has {count} CUDA device(s), "
+                f"cuda:0..cuda:{count - 1}"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {device!r} requested but MPS is not available here: use cpu")
     return dev

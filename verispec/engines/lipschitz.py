@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import attrs
 import numpy as np
 import torch
 
+from verispec import options
 from verispec.attacks import first_counterexample, sample_attack
 from verispec.engines.base import EngineBase, batches, register_engine, resolve_device
 from verispec.engines.lipschitz_bounds import (
@@ -33,7 +35,7 @@ from verispec.engines.lipschitz_bounds import (
     safe_l2,
 )
 from verispec.engines.roundoff import RoundoffForward, check_representable
-from verispec.errors import UnsupportedError
+from verispec.errors import ConfigError, UnsupportedError
 from verispec.network import Dense, Network
 from verispec.regions import Box, FloatArray, Norm
 from verispec.results import BatchResult, CheckResult, Verdict
@@ -42,15 +44,24 @@ from verispec.specs import Affinity, LocalRobustness, PointSpec, RelaxedTopK, Sa
 SQRT2 = math.sqrt(2.0)
 
 
+def _precision(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in (torch.float32, torch.float64):
+        raise ConfigError(
+            f"option 'precision' (LipschitzConfig.precision) must be torch.float32 or "
+            f"torch.float64, got {value!r}",
+            "precision",
+        )
+
+
 @attrs.frozen
 class LipschitzConfig:
     """Options of the Lipschitz engine."""
 
-    batch_size: int = attrs.field(default=4096, validator=attrs.validators.gt(0))
-    device: str = "cpu"
-    precision: torch.dtype = torch.float32
-    falsify_samples: int = attrs.field(default=256, validator=attrs.validators.ge(0))
-    seed: int = 0
+    batch_size: int = attrs.field(default=4096, validator=options.integer(1))
+    device: str = attrs.field(default="cpu", validator=options.device)
+    precision: torch.dtype = attrs.field(default=torch.float32, validator=_precision)
+    falsify_samples: int = attrs.field(default=256, validator=options.integer(0))
+    seed: int = attrs.field(default=0, validator=options.seed)
 
 
 @register_engine("lipschitz")

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from verispec import options
 from verispec.attacks import pgd_attack
 from verispec.engines.base import EngineBase, register_engine, resolve_device
 from verispec.errors import UnsupportedError
@@ -81,19 +82,19 @@ PRUNE_STEPS = 20
 class ProjectionsConfig:
     """Options of the projections engine."""
 
-    max_regions: int = attrs.field(default=20_000, validator=attrs.validators.gt(0))
+    max_regions: int = attrs.field(default=20_000, validator=options.integer(1))
     """Activation regions evaluated per point before giving up (TIMEOUT)."""
-    time_per_point: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    time_per_point: float = attrs.field(default=30.0, validator=options.number(0.0))
     """Seconds of exploration per point (its share of the batched passes) before TIMEOUT."""
-    batch_size: int = attrs.field(default=64, validator=attrs.validators.gt(0))
+    batch_size: int = attrs.field(default=64, validator=options.integer(1))
     """Regions evaluated per batched pass (across points)."""
-    device: str = "cpu"
-    pgd_steps: int = attrs.field(default=30, validator=attrs.validators.ge(0))
-    pgd_restarts: int = attrs.field(default=2, validator=attrs.validators.ge(0))
+    device: str = attrs.field(default="cpu", validator=options.device)
+    pgd_steps: int = attrs.field(default=30, validator=options.integer(0))
+    pgd_restarts: int = attrs.field(default=2, validator=options.integer(0))
     """Short PGD before answering UNKNOWN / TIMEOUT (0 disables it)."""
-    max_boundaries: int = attrs.field(default=16, validator=attrs.validators.gt(0))
+    max_boundaries: int = attrs.field(default=16, validator=options.integer(1))
     """Decision hyperplanes kept per point for projection witnesses."""
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=options.seed)
 
 
 class Outcome(enum.Enum):

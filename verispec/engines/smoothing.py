@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from verispec import options
 from verispec.engines.base import EngineBase, register_engine, resolve_device
 from verispec.errors import UnsupportedError
 from verispec.network import Network
@@ -58,15 +59,13 @@ def best_radius(sigma: float, n: int, alpha: float) -> float:
 class SmoothingConfig:
     """Options of the smoothing engine."""
 
-    sigma: float = attrs.field(default=0.25, validator=attrs.validators.gt(0.0))
-    n0: int = attrs.field(default=100, validator=attrs.validators.ge(1))
-    n: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
-    alpha: float = attrs.field(
-        default=0.001, validator=[attrs.validators.gt(0.0), attrs.validators.lt(0.5)]
-    )
-    batch_size: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
-    device: str = "cpu"
-    seed: int = 0
+    sigma: float = attrs.field(default=0.25, validator=options.number(0.0))
+    n0: int = attrs.field(default=100, validator=options.integer(1))
+    n: int = attrs.field(default=10_000, validator=options.integer(1))
+    alpha: float = attrs.field(default=0.001, validator=options.number(0.0, 0.5))
+    batch_size: int = attrs.field(default=10_000, validator=options.integer(1))
+    device: str = attrs.field(default="cpu", validator=options.device)
+    seed: int = attrs.field(default=0, validator=options.seed)
 
 
 @attrs.frozen(eq=False)
