@@ -451,25 +451,48 @@ def audit(
 
 
 @main.command()
-@click.argument("network", type=click.Path(dir_okay=False))
-@click.argument("prop", type=click.Path(dir_okay=False))
+@click.argument("network", type=click.Path(dir_okay=False), required=False)
+@click.argument("prop", type=click.Path(dir_okay=False), required=False)
+@click.option(
+    "--instances",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="run every instance of a VNN-COMP instances.csv (onnx,vnnlib,timeout lines)",
+)
+@click.option(
+    "--results",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="with --instances: write onnx,vnnlib,answer,time_s,detail rows here as they finish",
+)
 @click.option("--solver", type=SOLVER_CHOICE, default="milp", show_default=True)
 @click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), default=116.0, show_default=True
 )
 @click.option(
+    "--timeout-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="with --instances: multiply the CSV's timeouts by this",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False),
     default=None,
-    help="also write the VNN-COMP result file here",
+    help="also write the VNN-COMP result file here (error when the run fails)",
 )
 @click.option("--verbose", is_flag=True, help="print the solver's detail to stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
+@click.pass_context
 def vnnlib(
-    network: str,
-    prop: str,
+    ctx: click.Context,
+    network: str | None,
+    prop: str | None,
+    instances: str | None,
+    results: str | None,
     solver: str,
     timeout: float,
+    timeout_scale: float | None,
     out: str | None,
     verbose: bool,
     debug: bool,
@@ -477,12 +500,42 @@ def vnnlib(
     """Decide a VNN-COMP instance: NETWORK (.onnx) with PROP (.vnnlib, the unsafe set).
 
     Prints unsat (the property holds), sat and the counterexample, timeout or unknown.
+    With --instances CSV, decides every instance of a benchmark's instances.csv in one
+    process, each within its own timeout, printing one line per instance as it finishes
+    (answer, seconds, network, property) and a total; exit 1 if an instance failed.
     """
+    if instances is not None:
+        explicit = ctx.get_parameter_source("timeout") is click.core.ParameterSource.COMMANDLINE
+        if network is not None:
+            _fail("give either NETWORK PROP or --instances CSV, not both")
+        if out is not None:
+            _fail("--out writes one instance's result file; with --instances use --results")
+        if explicit:
+            _fail(
+                "--timeout is for one instance; --instances reads each instance's timeout "
+                "from the CSV (scale them with --timeout-scale)"
+            )
+        csv_path = instances
+        sys.exit(
+            _guard(debug, lambda: _vnnlib_batch(csv_path, solver, results, timeout_scale, verbose))
+        )
+    if network is None:
+        _fail("give NETWORK PROP (one instance) or --instances CSV (a benchmark's instances)")
+    if prop is None:
+        _fail(f"PROP is missing: give the VNN-LIB file to decide on {network}")
+    if results is not None or timeout_scale is not None:
+        _fail("--results and --timeout-scale go with --instances CSV")
+    assert network is not None and prop is not None
 
     def run() -> None:
         from verispec.api import solve_vnnlib
 
-        answer = solve_vnnlib(network, prop, solver, timeout)
+        try:
+            answer = solve_vnnlib(network, prop, solver, timeout)
+        except Exception:
+            if out:
+                _write_error_result(out)
+            raise
         text = answer.text()
         click.echo(text, nl=False)
         if verbose:
@@ -491,6 +544,41 @@ def vnnlib(
             Path(out).write_text(text)
 
     _guard(debug, run)
+
+
+def _write_error_result(out: str) -> None:
+    """Write ``error`` as the VNN-COMP result file ``out`` (a run that failed); an unwritable
+    path is left to the failure already being reported."""
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        Path(out).write_text("error\n")
+
+
+def vnnlib_line(result: Any) -> str:
+    """One instance's stdout line: answer, seconds, network and property as the CSV names
+    them."""
+    return f"{result.answer:<7} {result.time_s:8.2f} s  {result.instance.name}"
+
+
+def _vnnlib_batch(
+    csv_path: str, solver: str, results: str | None, scale: float | None, verbose: bool
+) -> int:
+    """``vnnlib --instances``: the run's lines on stdout, the exit status (1 if an instance
+    answered error)."""
+    import time
+
+    from verispec.vnnbatch import run_instances, summary
+
+    def show(result: Any) -> None:
+        click.echo(vnnlib_line(result))
+        if verbose and result.detail:
+            click.echo(f"  {result.detail}", err=True)
+
+    start = time.perf_counter()
+    done = run_instances(csv_path, solver, results, show, 1.0 if scale is None else scale)
+    click.echo(summary(done, time.perf_counter() - start))
+    return 1 if any(r.answer == "error" for r in done) else 0
 
 
 @main.command()
