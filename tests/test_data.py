@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from verispec.data import Split, load_data, read_idx
+from verispec.data import Dataset, Split, load_data, read_idx
 from verispec.errors import DataError
 
 
@@ -69,3 +69,43 @@ def test_mnist_protocol_split():
     assert train.x.shape[1:] == (1, 28, 28) and train.x.min() >= 0 and train.x.max() <= 1
     raw = read_idx(MNIST / "t10k-labels-idx1-ubyte.gz")
     assert np.array_equal(test.y, raw[-2000:]) and np.array_equal(train.y[5000:], raw[:8000])
+
+
+def test_the_data_domain_fits_the_specs() -> None:
+    import verispec as vs
+
+    data = load_data("sklearn:digits")
+    box = data.domain_box()
+    assert box is not None and box.lo.shape == (1, 8, 8) and float(box.hi.max()) == 1.0
+    x, logits = data.x[0], np.arange(10.0)
+    goal = vs.LocalRobustness(0.1, vs.Norm.L2).at(x, logits, data.domain)
+    region = goal.alternatives[0].region
+    assert isinstance(region, vs.Ball) and region.domain is not None
+    assert np.array_equal(region.domain.lo, box.lo)
+
+
+@pytest.mark.parametrize(
+    ("y", "fragment"),
+    [
+        (np.array([0, 1, -2]), "negative"),
+        (np.array([0.0, 1.0, 2.5]), "not an integer"),
+        (np.eye(3), "one-hot"),
+        (np.array([True, False, True]), "integer class indices"),
+        (np.array(["a", "b", "c"]), "integer class indices"),
+        (np.zeros((3, 2, 2)), "one class index per point"),
+    ],
+)
+def test_labels_must_be_class_indices(y: np.ndarray, fragment: str) -> None:
+    with pytest.raises(DataError, match=fragment) as info:
+        Dataset(np.zeros((3, 4)), y, "mine")
+    assert "mine" in str(info.value)
+
+
+def test_integral_float_labels_and_class_checks() -> None:
+    data = Dataset(np.zeros((3, 4)), np.array([0.0, 1.0, 2.0]), "mine")
+    assert data.y.dtype == np.int64
+    data.check_classes(3)
+    with pytest.raises(DataError, match=r"mine: label 2 of point 2 .* 2 classes"):
+        data.check_classes(2)
+    with pytest.raises(DataError, match="no points"):
+        data.take(0)

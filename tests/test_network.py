@@ -142,3 +142,25 @@ def test_float64_forward_keeps_weights_that_float32_cannot_hold():
     assert net.forward64(np.array([[1.0]]))[0, 0] == 1 + 1e-9
     assert net.module(torch.float64)[0].weight.dtype == torch.float64
     assert net.module(torch.float32)[0].weight.item() == 1.0  # float32 rounds, explicitly
+
+
+def test_repr_is_a_short_summary_and_describe_full_keeps_the_weights() -> None:
+    from hypothesis.vendor.pretty import pretty
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    net = Network.from_torch(module, (64,))
+    assert repr(net) == "Network(input (64,), 3 layers: dense, relu, dense; 10 classes)"
+    assert len(str(net)) < 400 and "(64,) -> (128,)" in str(net)
+    full = "\n".join(net.describe(full=True))
+    first = float(net.layers[0].weight[0, 0])  # type: ignore[union-attr]
+    assert repr(first) in full and len(full) > 100_000
+    assert repr(first) in pretty(net)  # hypothesis prints drawn networks in full
+
+
+def test_non_finite_weights_are_refused_naming_the_layer() -> None:
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.bias[0] = float("nan")
+    with pytest.raises(UnsupportedLayerError, match=r"layer 1 \(Linear\).*NaN"):
+        Network.from_torch(nn.Sequential(nn.ReLU(), layer), (2,))

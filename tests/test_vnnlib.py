@@ -158,3 +158,42 @@ def test_unbounded_input_rejected() -> None:
 def test_missing_file() -> None:
     with pytest.raises(SpecFileError, match="cannot read"):
         parse_vnnlib(Path("/nonexistent/prop.vnnlib"), 1, 1)
+
+
+def test_deeply_nested_or_of_one_kind_is_flattened() -> None:
+    from verispec.vnnlib import parse_vnnlib as parse
+
+    decl = "".join(f"(declare-const {v} Real)\n" for v in ("X_0", "Y_0", "Y_1"))
+    box = "(assert (>= X_0 0.0))\n(assert (<= X_0 1.0))\n"
+    atoms = [f"(>= Y_0 {float(k)!r})" for k in range(3000)]
+    nested = "".join(f"(or {a} " for a in atoms[:-1]) + atoms[-1] + ")" * (len(atoms) - 1)
+    spec = parse(decl + box + f"(assert {nested})\n", 1, 2)
+    assert len(spec.unsafe.clauses) == 3000
+
+
+def test_the_parse_honours_its_deadline() -> None:
+    import time
+
+    from verispec.errors import VnnlibTimeout
+    from verispec.vnnlib import parse_vnnlib as parse
+
+    decl = "".join(f"(declare-const {v} Real)\n" for v in ("X_0", "Y_0", "Y_1"))
+    lines = "\n".join(f"(and (>= Y_0 Y_1) (<= X_0 {k + 1}) (>= X_0 0))" for k in range(40_000))
+    text = decl + f"(assert (or {lines}))\n"
+    start = time.perf_counter()
+    with pytest.raises(VnnlibTimeout, match="time limit"):
+        parse(text, 1, 2, deadline=start + 0.05)
+    assert time.perf_counter() - start < 5.0
+    assert len(parse(text, 1, 2).boxes) == 40_000  # no deadline: the same text parses
+
+
+def test_binary_and_missing_files_name_the_file(tmp_path) -> None:
+    from verispec.errors import SpecFileError
+    from verispec.vnnlib import parse_vnnlib as parse
+
+    path = tmp_path / "p.vnnlib"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(SpecFileError, match=r"p\.vnnlib is not a text file"):
+        parse(path, 1, 2)
+    with pytest.raises(SpecFileError, match=r"cannot read VNN-LIB file .*nope\.vnnlib"):
+        parse(tmp_path / "nope.vnnlib", 1, 2)

@@ -61,7 +61,15 @@ import torch
 from verispec.data import Dataset, Split, load_data
 from verispec.engines.base import engine_class
 from verispec.ensembles import Cascade, Ensemble, Member, Voting
-from verispec.errors import DataError, ModelFileError, SpecError, SpecFileError, UnsupportedError
+from verispec.errors import (
+    DataError,
+    ExtraNotInstalledError,
+    ModelFileError,
+    SpecError,
+    SpecFileError,
+    UnsupportedError,
+    UnsupportedLayerError,
+)
 from verispec.modelfile import load_network
 from verispec.network import Network
 from verispec.properties import Clause, Predicate
@@ -336,7 +344,7 @@ def _fits(file: Path, data: Dataset | None, network: Network, model: str) -> Non
 def _model(t: _Table, base: Path) -> Network:
     try:
         return load_network(base / t.get("model", str, required=True))
-    except ModelFileError as err:
+    except (ModelFileError, UnsupportedLayerError, ExtraNotInstalledError) as err:
         raise t.error("model", str(err)) from None
 
 
