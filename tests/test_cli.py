@@ -298,3 +298,329 @@ def test_vnnlib_prints_the_answer_first_on_the_real_stdout():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[0] == "unsat", done.stdout[:500]
+
+
+# -- no lost results, progress and output (check, audit) -------------------------------------
+
+DIGITS_DATA = '[data]\nsource = "sklearn:digits"\nsplit = "test"\ndomain = [0.0, 1.0]\n'
+
+
+def _untimed(payload):
+    """A JSON payload without the fields that measure time."""
+    if isinstance(payload, dict):
+        drop = ("time_s", "wall_time_s", "points_per_second", "engine_time_s", "solver_time_s")
+        return {k: _untimed(v) for k, v in payload.items() if k not in drop}
+    if isinstance(payload, list):
+        return [_untimed(v) for v in payload]
+    return payload
+
+
+def test_resume_from_a_cut_run_log_gives_the_uninterrupted_report(tmp_path):
+    full_json, log = tmp_path / "full.json", tmp_path / "full.jsonl"
+    args = ["check", SPEC, "--limit", "12", "--no-progress"]
+    res = CliRunner().invoke(main, [*args, "--jsonl", str(log), "--json", str(full_json)])
+    assert res.exit_code == 0, res.output
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 + 5 * 12 + 1  # header, 5 point properties, 1 global
+    first = json.loads(lines[1])
+    assert (first["property"], first["index"]) == ("robust-l2-0.3", 0)
+    for k in (1, 30, 55):
+        cut = tmp_path / f"cut{k}.jsonl"
+        cut.write_text("\n".join(lines[:k]) + "\n" + lines[k][: len(lines[k]) // 2])
+        out = tmp_path / f"resumed{k}.json"
+        res = CliRunner().invoke(main, [*args, "--jsonl", str(cut), "--json", str(out), "--resume"])
+        assert res.exit_code == 0, res.output
+        assert _untimed(json.loads(out.read_text())) == _untimed(json.loads(full_json.read_text()))
+        resumed = cut.read_text().splitlines()
+        assert len(resumed) == len(lines)
+        assert [json.loads(x).get("index") for x in resumed] == [
+            json.loads(x).get("index") for x in lines
+        ]
+    # a log of other options is refused, naming the file
+    res = CliRunner().invoke(
+        main, ["check", SPEC, "--limit", "11", "--jsonl", str(log), "--resume"]
+    )
+    assert res.exit_code == 2 and f"{log}: written by another run" in res.output
+    res = CliRunner().invoke(main, ["check", SPEC, "--resume"])
+    assert res.exit_code == 2 and "--resume reads the run log" in res.output
+
+
+def test_killing_a_check_run_and_resuming_gives_the_same_report(tmp_path):
+    """A real process killed once some points are logged; --resume finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    models = ROOT / "specs/models"
+    spec = tmp_path / "slow.toml"
+    spec.write_text(
+        f'model = "{models / "digits_mlp.pt"}"\n'
+        + DIGITS_DATA
+        + '[[property]]\nname = "fast"\nkind = "local_robustness"\neps = 0.3\nnorm = "l2"\n'
+        + '[[property]]\nname = "slow"\nkind = "local_robustness"\neps = 0.3\nnorm = "l2"\n'
+        + f'model = "{models / "digits_noise.pt"}"\n'
+        + '[property.engine]\nname = "smoothing"\nsigma = 0.25\nn0 = 100\nn = 2000\n'
+    )
+    command = [sys.executable, "-c", "from verispec.cli import main; main()", "check", str(spec)]
+    command += ["--limit", "24", "--no-progress"]
+    log, cut_json, full_json = tmp_path / "r.jsonl", tmp_path / "cut.json", tmp_path / "full.json"
+    proc = subprocess.Popen([*command, "--jsonl", str(log), "--json", str(cut_json)])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and '"property":"slow"' in log.read_text():
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not cut_json.exists()
+    logged = log.read_text().count('"kind":"point"')
+    assert 24 < logged < 48
+    done = subprocess.run(
+        [*command, "--jsonl", str(log), "--json", str(cut_json), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert log.read_text().count('"kind":"point"') == 48
+    full = subprocess.run(
+        [*command, "--json", str(full_json)], capture_output=True, text=True, timeout=300
+    )
+    assert full.returncode == 0, full.stderr[-2000:]
+    assert _untimed(json.loads(cut_json.read_text())) == _untimed(json.loads(full_json.read_text()))
+
+
+def _failing_spec(tmp_path) -> Path:
+    """Three properties; the middle one asks the smoothing engine for relaxed top-k."""
+    spec = tmp_path / "fails.toml"
+    spec.write_text(
+        f'model = "{MODEL}"\n'
+        + DIGITS_DATA
+        + '[[property]]\nname = "first"\nkind = "local_robustness"\neps = 0.3\nnorm = "l2"\n'
+        + '[[property]]\nname = "broken"\nkind = "relaxed_top_k"\nk = 2\neps = 0.3\n'
+        + 'norm = "l2"\n[property.engine]\nname = "smoothing"\n'
+        + '[[property]]\nname = "last"\nkind = "local_robustness"\neps = 0.1\nnorm = "l2"\n'
+    )
+    return spec
+
+
+def test_a_failing_property_is_an_error_and_the_others_run(tmp_path):
+    out, log = tmp_path / "r.json", tmp_path / "r.jsonl"
+    args = ["check", str(_failing_spec(tmp_path)), "--limit", "5", "--json", str(out)]
+    res = CliRunner().invoke(main, [*args, "--jsonl", str(log)])
+    assert res.exit_code == 3, res.output
+    assert "broken\n  ERROR: " in res.stdout and "local robustness only" in res.stdout
+    assert "first\n  spec" in res.stdout and "last\n  spec" in res.stdout
+    assert "error: 1 of 3 properties failed: 'broken'" in res.stderr
+    payload = json.loads(out.read_text())
+    assert [r["property"] for r in payload["reports"]] == ["first", "last"]
+    (err,) = payload["errors"]
+    assert err["property"] == "broken" and "local robustness only" in err["error"]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {"kind": "error", "property": "broken", "error": err["error"]} in records
+    assert (
+        "Exit status: 0 every property ran" in CliRunner().invoke(main, ["check", "--help"]).output
+    )
+    assert "3 a property failed" in CliRunner().invoke(main, ["audit", "--help"]).output
+
+
+def test_a_failing_audit_property_is_an_error_and_the_others_run(tmp_path, monkeypatch):
+    from verispec.engines.base import ENGINES
+    from verispec.engines.lipschitz import LipschitzEngine
+
+    class Broken(LipschitzEngine):
+        name = "broken-engine"
+
+        def _decide_points(self, network, spec, xs, domain):
+            raise RuntimeError("the engine broke")
+
+    monkeypatch.setitem(ENGINES, "broken-engine", Broken)
+    spec = tmp_path / "a.toml"
+    spec.write_text(
+        f'model = "{MODEL}"\n'
+        + DIGITS_DATA
+        + '[[property]]\nname = "bad"\nkind = "local_robustness"\neps = 0.01\nnorm = "linf"\n'
+        + '[property.engine]\nname = "broken-engine"\n'
+        + '[[property]]\nname = "good"\nkind = "local_robustness"\neps = 0.01\nnorm = "linf"\n'
+    )
+    out = tmp_path / "a.json"
+    res = CliRunner().invoke(main, ["audit", str(spec), "--points", "0", "--json", str(out)])
+    assert res.exit_code == 3, res.output
+    assert "bad\n  ERROR: RuntimeError: the engine broke" in res.stdout
+    assert "good\n  spec" in res.stdout and "0 soundness violation(s)" in res.stdout
+    payload = json.loads(out.read_text())
+    assert [a["property"] for a in payload["audits"]] == ["good"]
+    assert payload["errors"][0]["property"] == "bad"
+
+
+def test_unwritable_outputs_are_refused_before_the_run(tmp_path):
+    missing = tmp_path / "no" / "r.json"
+    for command in ("check", "audit"):
+        for flag in ("--json", "--jsonl", "--csv"):
+            res = CliRunner().invoke(main, [command, SPEC, flag, str(missing)])
+            assert res.exit_code == 2, (command, flag, res.output)
+            assert f"{flag} {missing}: the folder" in res.output
+            assert "robust-l2-0.3" not in res.output  # nothing ran
+    res = CliRunner().invoke(main, ["check", SPEC, "--csv", str(tmp_path)])
+    assert res.exit_code == 2 and "is a directory" in res.output
+
+
+def _linear_spec(tmp_path, hidden: int = 0) -> str:
+    """A linear 2-input network (or with a random ReLU layer of ``hidden`` units), 4 points: a
+    point property, a global one, a smoothing one."""
+    import numpy as np
+
+    from verispec.ir import Dense, ReLU
+    from verispec.modelfile import save_model
+    from verispec.network import Network
+
+    net = Network((Dense(np.array([[1.0, -1.0], [-1.0, 1.0]]), np.zeros(2)),), (2,))
+    if hidden:
+        rng = np.random.default_rng(0)
+        first = Dense(rng.normal(size=(hidden, 2)), rng.normal(size=hidden) * 0.1)
+        net = Network((first, ReLU(), Dense(rng.normal(size=(2, hidden)), np.zeros(2))), (2,))
+    save_model(net, tmp_path / "lin.pt")
+    xs = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.4], [0.2, 0.9]])
+    np.savez(tmp_path / "pts.npz", x=xs, y=np.array([0, 1, 0, 1]))
+    spec = tmp_path / "lin.toml"
+    spec.write_text(
+        'model = "lin.pt"\n[data]\nsource = "npz:pts.npz"\nsplit = "all"\n'
+        '[[property]]\nname = "robust-l2-0.3"\nkind = "local_robustness"\neps = 0.3\n'
+        'norm = "linf"\n'
+        '[[property]]\nname = "safe-ordering-zero"\nkind = "safe_ordering"\n'
+        'postcondition = [["y0 > y1"]]\n[property.precondition]\ncenter = "data:0"\n'
+        "radius = 0.1\n"
+        '[[property]]\nname = "smoothed-l2-0.3"\nkind = "local_robustness"\neps = 0.1\n'
+        'norm = "l2"\n[property.engine]\nname = "smoothing"\nn0 = 10\nn = 100\n'
+    )
+    return str(spec)
+
+
+def test_audit_streams_and_resumes_and_writes_csv(tmp_path):
+    SPEC = _linear_spec(tmp_path)
+    log, out, csv_path = tmp_path / "a.jsonl", tmp_path / "a.json", tmp_path / "a.csv"
+    args = ["audit", SPEC, "--limit", "4", "--timeout", "20", "--jsonl", str(log)]
+    args += ["--json", str(out), "--csv", str(csv_path)]
+    res = CliRunner().invoke(main, [*args, "--points", "1:3"])
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    points = [(r["property"], r["index"]) for r in records if r["kind"] == "point"]
+    assert points[:2] == [("robust-l2-0.3", 1), ("robust-l2-0.3", 2)]
+    assert ("safe-ordering-zero", 0) in points
+    assert any(r["kind"] == "skipped" and r["property"] == "smoothed-l2-0.3" for r in records)
+    first = json.loads(out.read_text())
+    assert first["audits"][0]["indices"] == [1, 2]
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "property,index,engine,engine_verdict,solver,solver_verdict,violation,detail"
+    assert rows[1].startswith("robust-l2-0.3,1,lipschitz,")
+    # cut the log after the first point: the resumed audit matches
+    log.write_text("\n".join(log.read_text().splitlines()[:2]) + "\n")
+    res = CliRunner().invoke(main, [*args, "--points", "1:3", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert _untimed(json.loads(out.read_text())) == _untimed(first)
+
+
+def test_points_selects_and_csv_writes_indices(tmp_path):
+    out, csv_path = tmp_path / "r.json", tmp_path / "r.csv"
+    res = CliRunner().invoke(
+        main,
+        ["check", SPEC, "--points", "0:3,7", "--json", str(out), "--csv", str(csv_path)],
+    )
+    assert res.exit_code == 0, res.output
+    reports = json.loads(out.read_text())["reports"]
+    assert [r["index"] for r in reports[0]["results"]] == [0, 1, 2, 7]
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == (
+        "property,index,verdict,predicted,label,radius,engine,guarantee,confidence,time_s,detail"
+    )
+    assert [r.split(",")[1] for r in rows[1:5]] == ["0", "1", "2", "7"]
+    assert rows[1].startswith("robust-l2-0.3,0,")
+    assert any(r.startswith("safe-ordering-zero,0,certified") for r in rows)
+    for bad, words in (("0:x", "neither an index nor a range"), ("449:451", "out of range")):
+        res = CliRunner().invoke(main, ["check", SPEC, "--points", bad])
+        assert res.exit_code == 2 and f"--points {bad!r}" in res.output and words in res.output
+
+
+def _smoothing_spec(tmp_path, n: int = 1000) -> str:
+    spec = tmp_path / "smooth.toml"
+    spec.write_text(
+        f'model = "{ROOT / "specs/models/digits_noise.pt"}"\n'
+        + DIGITS_DATA
+        + f'[engine]\nname = "smoothing"\nsigma = 0.25\nn0 = 50\nn = {n}\n'
+        + '[[property]]\nname = "s"\nkind = "local_robustness"\neps = 0.3\nnorm = "l2"\n'
+    )
+    return str(spec)
+
+
+def test_seed_reaches_the_engines_and_time_per_point_limits_them(tmp_path):
+    spec = _smoothing_spec(tmp_path)
+    radii = {}
+    for seed in (None, 0, 1):
+        out = tmp_path / f"{seed}.json"
+        args = ["check", spec, "--points", "0:4", "--json", str(out)]
+        res = CliRunner().invoke(main, args + ([] if seed is None else ["--seed", str(seed)]))
+        assert res.exit_code == 0, res.output
+        radii[seed] = [r["radius"] for r in json.loads(out.read_text())["reports"][0]["results"]]
+    assert radii[None] == radii[0] and radii[1] != radii[0]
+    out = tmp_path / "p.json"
+    relu = _linear_spec(tmp_path, hidden=32)
+    args = ["check", relu, "--engine", "projections", "--points", "0:3", "--time-per-point"]
+    res = CliRunner().invoke(main, [*args, "1e-9", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    verdicts = [r["verdict"] for r in json.loads(out.read_text())["reports"][0]["results"]]
+    assert "timeout" in verdicts and re.search(r"^  timed out +\d+$", res.stdout, re.M)
+    res = CliRunner().invoke(main, ["check", SPEC, "--points", "0", "--time-per-point", "5"])
+    assert "note: --time-per-point does not apply to engine 'lipschitz'" in res.stderr
+    assert "note: --time-per-point does not apply to engine 'smoothing'" in res.stderr
+
+
+def test_abstentions_have_their_own_row_and_rates_three_digits(tmp_path):
+    from verispec.cli import _significant
+
+    res = CliRunner().invoke(main, ["check", _smoothing_spec(tmp_path, n=5), "--points", "0:8"])
+    assert res.exit_code == 0, res.output
+    abstained = re.search(r"^  abstained +(\d+)$", res.stdout, re.M)
+    assert abstained and int(abstained.group(1)) > 0
+    unknown = int(re.search(r"^  unknown +(\d+)$", res.stdout, re.M).group(1))
+    certified = int(re.search(r"^  certified +(\d+)$", res.stdout, re.M).group(1))
+    assert certified + unknown + int(abstained.group(1)) == 8
+    rate = re.search(r"^  points/s +(\S+)$", res.stdout, re.M).group(1)
+    assert len(rate.replace(".", "").lstrip("0")) == 3 or rate == "inf"
+    res = CliRunner().invoke(main, ["check", SPEC, "--points", "0:3"])
+    assert "abstained" not in res.stdout
+    assert [_significant(v) for v in (1259.4, 713.2, 4.2345, 0.012345, 0.0)] == [
+        "1260",
+        "713",
+        "4.23",
+        "0.0123",
+        "0",
+    ]
+
+
+def test_progress_goes_to_stderr_only(tmp_path):
+    args = ["check", SPEC, "--points", "0:5"]
+    res = CliRunner().invoke(main, [*args, "--progress"])
+    assert res.exit_code == 0, res.output
+    assert "robust-l2-0.3:" in res.stderr and "pt" in res.stderr
+    assert "pt/s" not in res.stdout and "%|" not in res.stdout
+    res = CliRunner().invoke(main, [*args, "--no-progress"])
+    assert res.stderr == ""
+    res = CliRunner().invoke(main, args)  # a short run: no bar
+    assert res.stderr == ""
+    out = tmp_path / "m.pt"
+    args = ["train", "--width", "8", "--depth", "1", "--epochs", "2", "--eval-limit", "20"]
+    res = CliRunner().invoke(main, [*args, "--out", str(out), "--progress"])
+    assert res.exit_code == 0, res.output
+    assert "training:" in res.stderr and "epoch" in res.stderr
+    assert "training:" not in res.stdout and res.stdout.count("\n    1 ") == 1
+
+
+def test_version():
+    import importlib.metadata
+
+    res = CliRunner().invoke(main, ["--version"])
+    assert res.exit_code == 0
+    assert res.output.strip() == f"verispec {importlib.metadata.version('verispec')}"

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import numpy as np
+from numpy.typing import NDArray
 
+from verispec.audit import AuditReport, Violation, ViolationKind
 from verispec.data import Dataset
-from verispec.engines.base import Engine, engine_class
-from verispec.ensembles import Ensemble
+from verispec.engines.base import Engine, EngineBase, engine_class
+from verispec.ensembles import AuditStatus, Ensemble, EnsembleAudit, EnsemblePointAudit
 from verispec.errors import DataError, SpecError
 from verispec.modelfile import load_network
 from verispec.network import Network
 from verispec.regions import Box, FloatArray
 from verispec.results import BatchResult, CheckResult, Report, Verdict
-from verispec.specs import SafeOrdering, Spec
+from verispec.specs import LocalRobustness, SafeOrdering, Spec
 from verispec.vnnlib import VnnlibSpec, parse_vnnlib, result_text, safe_property
 
 if TYPE_CHECKING:
@@ -62,6 +64,37 @@ def points_of(
     return ds.x, ds.y, domain
 
 
+IndexArray = NDArray[np.int64]
+"""Point indices in the data."""
+
+POINT_CHUNKS: Mapping[str, int] = {
+    "lipschitz": CHUNK,
+    "smoothing": 8,
+    "projections": 8,
+    "milp": 1,
+    "smt": 1,
+}
+"""Points per engine call by engine name (an engine not named here: its ``chunk_points``
+attribute, else ``CHUNK``). Small chunks for slow engines: results stream and progress moves
+between calls."""
+
+
+def chunk_points(engine: Engine | Ensemble) -> int:
+    """Points handed to ``engine`` (or an ensemble: its slowest member's engine) per call. The
+    chunks are a function of the selected indices alone, so a resumed run decides every point
+    in the same call as an uninterrupted one."""
+    if isinstance(engine, Ensemble):
+        return min(chunk_points(m.engine) for m in engine.members)
+    own = getattr(engine, "chunk_points", None)
+    if isinstance(own, int) and own >= 1:
+        return own
+    return POINT_CHUNKS.get(engine.name, CHUNK)
+
+
+OnResult = Callable[[int, CheckResult], None]
+"""Called with each newly decided point's index in the data and its result, in index order."""
+
+
 def check(
     model: Network | Ensemble | str | Path,
     spec: Spec,
@@ -71,13 +104,22 @@ def check(
     name: str = "",
     radii: Sequence[float] = (),
     progress: Callable[[int], None] | None = None,
+    *,
+    points: Sequence[int] | None = None,
+    done: Mapping[int, CheckResult] | None = None,
+    on_result: OnResult | None = None,
 ) -> Report:
     """Check ``spec`` on ``model`` at every point of ``data`` (the first ``limit``); a
-    ``SafeOrdering`` spec needs no data. Returns a Report with one result per point (held as
-    a ``BatchResult``).
+    ``SafeOrdering`` spec needs no data (one global result, index 0). Returns a Report with
+    one result per point (held as a ``BatchResult``).
 
     ``engine`` defaults to ``"lipschitz"``. An ``Ensemble`` as the model is checked with its
-    members' engines (give no ``engine``); the Report names ``ensemble.name`` as its engine."""
+    members' engines (give no ``engine``); the Report names ``ensemble.name`` as its engine.
+
+    ``points``: the indices (among the first ``limit``) to check, in ascending order; all by
+    default. ``done``: results already known by index (a run log being resumed): chunks made
+    only of them are not run again. ``on_result(index, result)`` sees every point decided
+    now; ``progress(k)`` is told after each chunk (known ones included)."""
     if isinstance(model, Ensemble):
         if engine is not None:
             given = engine if isinstance(engine, str) else getattr(engine, "name", engine)
@@ -85,33 +127,90 @@ def check(
                 f"engine={given!r} was given with a {model.kind} ensemble: its members carry "
                 "their engines (Member(network, engine)); call check without engine="
             )
-        return _check_ensemble(model, spec, data, limit, name, radii, progress)
+        return _check_ensemble(
+            model, spec, data, limit, name, radii, progress, points, done, on_result
+        )
     network = as_network(model)
     if engine is None:
         engine = "lipschitz"
     eng: Engine = engine_class(engine)() if isinstance(engine, str) else engine
     eng.supports(network, spec)
     start = time.perf_counter()
-    parts: list[Sequence[CheckResult]] = []
+    decide: Callable[[IndexArray], Sequence[CheckResult]]
     if isinstance(spec, SafeOrdering):
-        parts.append(eng.check(network, spec, np.zeros((0, *network.input_shape))))
+        global_spec = spec
+        indices: tuple[int, ...] = (0,)
+
+        def decide(idx: IndexArray) -> Sequence[CheckResult]:
+            return eng.check(network, global_spec, np.zeros((0, *network.input_shape)))
+
+        size = 1
     else:
         if data is None:
             raise DataError(f"{describe(spec)} is checked at data points: give a data source")
         xs, ys, domain = points_of(network, data, limit)
-        for lo in range(0, len(xs), CHUNK):
-            hi = min(len(xs), lo + CHUNK)
-            parts.append(eng.check(network, spec, xs[lo:hi], ys[lo:hi], domain))
-            if progress is not None:
-                progress(hi - lo)
+        indices = selected_points(points, len(xs))
+        point_spec = spec
+
+        def decide(idx: IndexArray) -> Sequence[CheckResult]:
+            run = eng.numbered(idx) if isinstance(eng, EngineBase) else eng  # index-keyed noise
+            return run.check(network, point_spec, xs[idx], ys[idx], domain)
+
+        size = chunk_points(eng)
+    results, prior = _decide_chunks(decide, indices, size, eng.name, done, on_result, progress)
     return Report(
         property_name=name or describe(spec),
         spec=describe(spec),
         engine=eng.name,
-        results=_joined(parts, eng.name),
+        results=results,
         radii=tuple(radii),
-        wall_time_s=time.perf_counter() - start,
+        wall_time_s=time.perf_counter() - start + prior,
+        indices=indices,
     )
+
+
+def selected_points(points: Sequence[int] | None, total: int) -> tuple[int, ...]:
+    """``points`` (all of ``range(total)`` when None) checked, ascending, without repeats."""
+    if points is None:
+        return tuple(range(total))
+    chosen = sorted({int(i) for i in points})
+    bad = [i for i in chosen if not 0 <= i < total]
+    if bad:
+        raise DataError(
+            f"points: index {bad[0]} is out of range: there are {total} points (0..{total - 1})"
+        )
+    return tuple(chosen)
+
+
+def _decide_chunks(
+    decide: Callable[[IndexArray], Sequence[CheckResult]],
+    indices: Sequence[int],
+    size: int,
+    engine: str,
+    done: Mapping[int, CheckResult] | None,
+    on_result: OnResult | None,
+    progress: Callable[[int], None] | None,
+) -> tuple[BatchResult | tuple[CheckResult, ...], float]:
+    """Every index's result, chunk by chunk (known chunks from ``done``), and the seconds the
+    known results took when they were decided."""
+    known = done or {}
+    parts: list[Sequence[CheckResult]] = []
+    prior = 0.0
+    for lo in range(0, len(indices), size):
+        idx = [int(i) for i in indices[lo : lo + size]]
+        if all(i in known for i in idx):
+            parts.append(BatchResult.from_results([known[i] for i in idx], engine))
+            prior += sum(known[i].time_s for i in idx)
+        else:
+            part = decide(np.asarray(idx, dtype=np.int64))
+            if on_result is not None:
+                for i, result in zip(idx, part, strict=True):
+                    if i not in known:
+                        on_result(i, result)
+            parts.append(part)
+        if progress is not None:
+            progress(len(idx))
+    return _joined(parts, engine), prior
 
 
 def _check_ensemble(
@@ -122,6 +221,9 @@ def _check_ensemble(
     name: str,
     radii: Sequence[float],
     progress: Callable[[int], None] | None,
+    points: Sequence[int] | None,
+    done: Mapping[int, CheckResult] | None,
+    on_result: OnResult | None,
 ) -> Report:
     """``check`` on an ensemble: its ``check`` on the data's points, chunk by chunk."""
     ensemble.supports(spec)
@@ -129,19 +231,21 @@ def _check_ensemble(
         raise DataError(f"{describe(spec)} is checked at data points: give a data source")
     start = time.perf_counter()
     xs, ys, domain = points_of(ensemble, data, limit)
-    parts: list[Sequence[CheckResult]] = []
-    for lo in range(0, len(xs), CHUNK):
-        hi = min(len(xs), lo + CHUNK)
-        parts.append(ensemble.check(spec, xs[lo:hi], ys[lo:hi], domain))
-        if progress is not None:
-            progress(hi - lo)
+    indices = selected_points(points, len(xs))
+
+    def decide(idx: IndexArray) -> Sequence[CheckResult]:
+        return ensemble.check(spec, xs[idx], ys[idx], domain)
+
+    size = chunk_points(ensemble)
+    results, prior = _decide_chunks(decide, indices, size, ensemble.name, done, on_result, progress)
     return Report(
         property_name=name or describe(spec),
         spec=describe(spec),
         engine=ensemble.name,
-        results=_joined(parts, ensemble.name),
+        results=results,
         radii=tuple(radii),
-        wall_time_s=time.perf_counter() - start,
+        wall_time_s=time.perf_counter() - start + prior,
+        indices=indices,
     )
 
 
@@ -153,6 +257,171 @@ def _joined(
         batches = [p for p in parts if isinstance(p, BatchResult)]
         return BatchResult.concat(batches) if batches else BatchResult.empty(engine)
     return tuple(r for p in parts for r in p)
+
+
+@attrs.frozen(eq=False)
+class AuditPoint:
+    """One point's audit: the engine's and the solver's results, the violations found there
+    (``index``: the point's index in the data) and each side's seconds."""
+
+    index: int
+    engine_result: CheckResult
+    solver_result: CheckResult
+    violations: tuple[Violation, ...]
+    engine_time_s: float
+    solver_time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "engine_result": self.engine_result.to_dict(),
+            "solver_result": self.solver_result.to_dict(),
+            "violations": [v.to_dict() for v in self.violations],
+            "engine_time_s": self.engine_time_s,
+            "solver_time_s": self.solver_time_s,
+        }
+
+    @classmethod
+    def from_dict(cls, index: int, d: Mapping[str, Any], shape: tuple[int, ...]) -> AuditPoint:
+        """The point ``to_dict`` wrote; ``shape``: the network's input shape."""
+
+        def array(value: Any) -> FloatArray | None:
+            return None if value is None else np.asarray(value, dtype=np.float64).reshape(shape)
+
+        violations = []
+        for v in d["violations"]:
+            witness = array(v["witness"])
+            assert witness is not None  # every violation has its witness
+            violations.append(
+                Violation(
+                    ViolationKind(v["kind"]),
+                    int(v["index"]),
+                    array(v["point"]),
+                    witness,
+                    float(v["point_margin"]),
+                    float(v["witness_margin"]),
+                    str(v["detail"]),
+                )
+            )
+        return cls(
+            index,
+            CheckResult.from_dict(d["engine_result"]),
+            CheckResult.from_dict(d["solver_result"]),
+            tuple(violations),
+            float(d["engine_time_s"]),
+            float(d["solver_time_s"]),
+        )
+
+
+def audit_points(
+    engine: Engine,
+    solver: Any,
+    network: Network,
+    spec: Spec,
+    data: Dataset | None,
+    limit: int | None = None,
+    timeout: float | None = None,
+    *,
+    points: Sequence[int] | None = None,
+    done: Mapping[int, AuditPoint] | None = None,
+    on_point: Callable[[AuditPoint], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AuditReport:
+    """``verispec.audit.audit`` point by point over the first ``limit`` points of ``data`` (a
+    ``SafeOrdering`` spec: its one global goal, index 0): ``points`` selects indices, ``done``
+    holds points already audited (not run again), ``on_point`` sees each new one."""
+    from verispec.audit import audit
+
+    known = done or {}
+    if isinstance(spec, SafeOrdering):
+        indices: tuple[int, ...] = (0,)
+        xs: FloatArray | None = None
+        ys: np.ndarray | None = None
+        domain = None
+    else:
+        if data is None:
+            raise DataError(f"{describe(spec)} is audited at data points: give a data source")
+        xs, ys, domain = points_of(network, data, limit)
+        indices = selected_points(points, len(xs))
+    out: list[AuditPoint] = []
+    for i in indices:
+        if i in known:
+            point = known[i]
+        else:
+            run = engine.numbered([i]) if isinstance(engine, EngineBase) else engine
+            x = None if xs is None else xs[i : i + 1]
+            y = None if ys is None else ys[i : i + 1]
+            rep = audit(run, solver, network, spec, x, y, domain, timeout)
+            point = AuditPoint(
+                i,
+                rep.engine_results[0],
+                rep.solver_results[0],
+                tuple(attrs.evolve(v, index=i) for v in rep.violations),
+                rep.engine_time_s,
+                rep.solver_time_s,
+            )
+            if on_point is not None:
+                on_point(point)
+        out.append(point)
+        if progress is not None:
+            progress(1)
+    return AuditReport(
+        engine=engine.name,
+        solver=solver.name,
+        spec=describe(spec),
+        engine_results=[p.engine_result for p in out],
+        solver_results=[p.solver_result for p in out],
+        violations=[v for p in out for v in p.violations],
+        engine_time_s=sum(p.engine_time_s for p in out),
+        solver_time_s=sum(p.solver_time_s for p in out),
+    )
+
+
+def ensemble_point_from_dict(index: int, d: Mapping[str, Any]) -> EnsemblePointAudit:
+    """The point ``EnsemblePointAudit.to_dict`` wrote."""
+    witness = d.get("witness")
+    return EnsemblePointAudit(
+        index,
+        AuditStatus(d["status"]),
+        int(d["answer"]),
+        None if witness is None else np.asarray(witness, dtype=np.float64),
+        None if d.get("witness_answer") is None else int(d["witness_answer"]),
+        str(d.get("detail", "")),
+        float(d.get("time_s", 0.0)),
+    )
+
+
+def audit_ensemble_points(
+    ensemble: Ensemble,
+    spec: LocalRobustness,
+    data: Dataset,
+    limit: int | None = None,
+    timeout: float = 60.0,
+    *,
+    points: Sequence[int] | None = None,
+    done: Mapping[int, EnsemblePointAudit] | None = None,
+    on_point: Callable[[EnsemblePointAudit], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EnsembleAudit:
+    """``audit_ensemble`` point by point over the first ``limit`` points of ``data``, with
+    ``points``, ``done`` and ``on_point`` as in ``audit_points``."""
+    from verispec.ensembles import audit_ensemble
+    from verispec.ensembles.exact import _spec_text as ensemble_spec_text
+
+    known = done or {}
+    xs, _, domain = points_of(ensemble, data, limit)
+    out: list[EnsemblePointAudit] = []
+    for i in selected_points(points, len(xs)):
+        if i in known:
+            point = known[i]
+        else:
+            rep = audit_ensemble(ensemble, spec, xs[i : i + 1], domain, timeout)
+            point = attrs.evolve(rep.points[0], index=i)
+            if on_point is not None:
+                on_point(point)
+        out.append(point)
+        if progress is not None:
+            progress(1)
+    return EnsembleAudit(ensemble.name, ensemble_spec_text(spec), tuple(out))
 
 
 @attrs.frozen(eq=False)

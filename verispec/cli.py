@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,10 @@ import click
 import numpy as np
 
 EXIT_BAD_INPUT = 2
-PROGRESS_MIN_POINTS = 2000
+EXIT_PROPERTY_FAILED = 3
+"""``check`` / ``audit``: a property failed (recorded as an error); the others ran."""
+PROGRESS_DELAY_S = 2.0
+"""Seconds a run takes before its progress bar appears (stderr)."""
 
 
 class RegistryChoice(click.Choice[str]):
@@ -85,6 +89,21 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _significant(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits, without an exponent (713, 1260, 4.23,
+    0.0123)."""
+    if math.isnan(value):
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    rounded = round(value, digits - 1 - magnitude)
+    decimals = max(0, digits - 1 - magnitude)
+    return f"{rounded:.{decimals}f}"
+
+
 def _table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
@@ -117,9 +136,15 @@ def report_table(report: Any, ensemble: Any = None) -> str:
         ("VRA", _fmt(report.vra)),
         ("certified", str(counts["certified"])),
         ("falsified", str(counts["falsified"])),
-        ("unknown", str(counts["unknown"] + counts["abstain"] + counts["timeout"])),
+    ]
+    if counts["abstain"]:
+        rows.append(("abstained", str(counts["abstain"])))
+    if counts["timeout"]:
+        rows.append(("timed out", str(counts["timeout"])))
+    rows += [
+        ("unknown", str(counts["unknown"])),
         ("median radius", _fmt(report.median_radius)),
-        ("points/s", _fmt(report.points_per_second, 0)),
+        ("points/s", _significant(report.points_per_second)),
     ]
     if report.has_radii:
         for r, acc in report.certified_accuracy():
@@ -153,11 +178,204 @@ def _ensemble_rows(ensemble: Any, report: Any, details: bool) -> list[tuple[str,
 
 
 @click.group()
+@click.version_option(package_name="verispec", prog_name="verispec", message="%(prog)s %(version)s")
 def main() -> None:
     """verispec: certify properties of trained neural networks."""
 
 
-@main.command()
+EXIT_HELP = (
+    "\b\nExit status: 0 every property ran; 2 bad input (the spec file, a flag, an output\n"
+    "path): nothing ran; 3 a property failed (its error is printed and recorded in\n"
+    "--json/--jsonl): the others ran and are reported."
+)
+
+
+def _progress_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--progress/--no-progress",
+        default=None,
+        help=f"a progress bar on stderr: from the start / never (default: once a run has "
+        f"taken {PROGRESS_DELAY_S:g} s)",
+    )(f)
+
+
+def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options ``check`` and ``audit`` share: the points, the output files, progress."""
+    for option in reversed(
+        [
+            click.option(
+                "--points",
+                "points_text",
+                default=None,
+                help="points to run: indices and ranges a:b (b excluded), e.g. 0:100,250",
+            ),
+            click.option(
+                "--json",
+                "json_path",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="write the reports as JSON (at the end, atomically)",
+            ),
+            click.option(
+                "--csv",
+                "csv_path",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="write one row per point (property, index, verdicts) as CSV",
+            ),
+            click.option(
+                "--jsonl",
+                "jsonl_path",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="stream one JSON line per point as it is decided (a run log)",
+            ),
+            click.option(
+                "--resume",
+                is_flag=True,
+                help="with --jsonl: keep the points the run log holds, run only the others",
+            ),
+        ]
+    ):
+        f = option(f)
+    return _progress_options(f)
+
+
+@contextlib.contextmanager
+def _progress_bar(
+    total: int, label: str, mode: bool | None, unit: str = "pt"
+) -> Iterator[Callable[[int], None]]:
+    """``update(k)`` of a tqdm bar on stderr (never stdout): ``mode`` None shows it once
+    PROGRESS_DELAY_S seconds have passed, True at once, False never."""
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    bar = tqdm(
+        total=total,
+        desc=label,
+        unit=unit,
+        file=sys.stderr,
+        disable=mode is False,
+        delay=0 if mode else PROGRESS_DELAY_S,
+        leave=False,
+        mininterval=0.2 if tty else 5.0,
+        dynamic_ncols=tty,
+    )
+
+    def update(k: int) -> None:
+        bar.update(k)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _out_paths(**paths: str | None) -> None:
+    """Refuse, before anything runs, an output path that cannot be written (exit 2)."""
+    from verispec.runlog import ensure_writable
+
+    for flag, path in paths.items():
+        if path is not None:
+            ensure_writable(path, "--" + flag)
+
+
+def _open_log(
+    jsonl_path: str | None, resume: bool, command: str, spec: Path, options: dict[str, Any]
+) -> tuple[Any, Any]:
+    """The run log (None without --jsonl) and what it holds already (--resume)."""
+    from verispec.runlog import EMPTY_STATE, RunLog
+
+    if jsonl_path is None:
+        if resume:
+            raise click.UsageError("--resume reads the run log: give it with --jsonl PATH")
+        return None, EMPTY_STATE
+    if resume:
+        return RunLog.resume(jsonl_path, command, str(spec), options)
+    return RunLog.start(jsonl_path, command, str(spec), options), EMPTY_STATE
+
+
+def _selection(sf: Any, points_text: str | None) -> tuple[int, ...] | None:
+    """The indices --points names among the spec file's points (None: all)."""
+    from verispec.runlog import PointsError, parse_points
+
+    if points_text is None:
+        return None
+    if sf.data is None:
+        raise PointsError(f"--points {points_text!r}: {sf.path} has no [data] points")
+    return parse_points(points_text, len(sf.data.take(sf.limit)))
+
+
+def _failure(err: Exception) -> str:
+    from verispec.errors import VerispecError
+
+    return str(err) if isinstance(err, VerispecError) else f"{type(err).__name__}: {err}"
+
+
+def _finish(
+    failed: list[tuple[str, str]],
+    total: int,
+    *,
+    json_text: str | None,
+    json_path: str | None,
+    csv_rows: list[dict[str, Any]],
+    csv_header: Sequence[str],
+    csv_path: str | None,
+) -> None:
+    """Write the final files atomically and name the properties that failed (stderr)."""
+    from verispec.runlog import atomic_write_text, csv_text
+
+    if json_path and json_text is not None:
+        atomic_write_text(json_path, json_text)
+        click.echo(f"wrote {json_path}")
+    if csv_path:
+        atomic_write_text(csv_path, csv_text(csv_header, csv_rows))
+        click.echo(f"wrote {csv_path}")
+    if failed:
+        names = ", ".join(repr(n) for n, _ in failed)
+        click.echo(f"error: {len(failed)} of {total} properties failed: {names}", err=True)
+
+
+def _tuner(seed: int | None, time_per_point: float | None) -> Callable[[str, Any], Any]:
+    """``tune(engine name, config)``: the config with --seed and --time-per-point applied
+    where the engine has such an option; a note on stderr (once per engine) where not."""
+    import attrs
+
+    noted: set[str] = set()
+
+    def note(text: str) -> None:
+        if text not in noted:
+            noted.add(text)
+            click.echo(f"note: {text}", err=True)
+
+    def tune(name: str, config: Any) -> Any:
+        fields = attrs.fields_dict(type(config)) if attrs.has(type(config)) else {}
+        changes: dict[str, Any] = {}
+        if seed is not None:
+            if "seed" in fields:
+                changes["seed"] = seed
+            else:
+                note(f"--seed does not apply to engine {name!r}: it has no seed option")
+        if time_per_point is not None:
+            field = next((f for f in TIME_PER_POINT_OPTIONS if f in fields), None)
+            if field is None:
+                note(
+                    f"--time-per-point does not apply to engine {name!r}: it has no per-point "
+                    "time limit"
+                )
+            else:
+                changes[field] = time_per_point
+        return attrs.evolve(config, **changes) if changes else config
+
+    return tune
+
+
+TIME_PER_POINT_OPTIONS = ("time_per_point", "timeout")
+"""Engine options that bound the seconds spent on one point (projections: time_per_point; the
+exact engines milp and smt: the solver's timeout per goal)."""
+
+
+@main.command(epilog=EXIT_HELP)
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option(
     "--engine",
@@ -169,12 +387,18 @@ def main() -> None:
 @click.option(
     "--limit", type=click.IntRange(min=1), default=None, help="check only the first N points"
 )
+@_run_options
 @click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False),
+    "--seed",
+    type=click.IntRange(min=0),
     default=None,
-    help="write the reports as JSON",
+    help="seed of the engines that draw random numbers (lipschitz, projections, smoothing)",
+)
+@click.option(
+    "--time-per-point",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="seconds per point for engines with a per-point limit (projections, milp, smt)",
 )
 @click.option("--device", default=None, help="torch device, e.g. cpu or cuda")
 @click.option(
@@ -189,7 +413,14 @@ def check(
     spec: str,
     engine_name: str | None,
     limit: int | None,
+    points_text: str | None,
     json_path: str | None,
+    csv_path: str | None,
+    jsonl_path: str | None,
+    resume: bool,
+    progress: bool | None,
+    seed: int | None,
+    time_per_point: float | None,
     device: str | None,
     plot_path: str | None,
     debug: bool,
@@ -197,61 +428,149 @@ def check(
     """Check every property of the spec file SPEC and print a table per property.
 
     A property may name its own model and engine in the file; --engine overrides every
-    engine, and properties that engine does not support are skipped with the reason.
+    engine, and properties that engine does not support are skipped with the reason. A
+    property that fails (an engine that does not support it, bad options) is reported as an
+    error naming it; the others still run.
     """
 
-    def run() -> None:
+    def run() -> int:
         from verispec.api import check as vcheck
         from verispec.errors import UnsupportedError
+        from verispec.results import CSV_COLUMNS, CheckResult
         from verispec.specfile import load_specfile
 
+        _out_paths(json=json_path, csv=csv_path, jsonl=jsonl_path, plot=plot_path)
+        if device is not None:
+            from verispec.engines.base import resolve_device
+
+            resolve_device(device)  # a bad --device is bad input (exit 2), not a failed property
         sf = load_specfile(spec, limit=limit)
-        ensemble = _ensemble_of(sf, engine_name, device)
+        chosen = _selection(sf, points_text)
+        tuned = seed is not None or time_per_point is not None
+        tune = _tuner(seed, time_per_point) if tuned else None
+        ensemble = _ensemble_of(sf, engine_name, device, tune)
+        options = {
+            "engine": engine_name,
+            "limit": sf.limit,
+            "points": points_text,
+            "seed": seed,
+            "time_per_point": time_per_point,
+            "device": device,
+        }
+        log, state = _open_log(jsonl_path, resume, "check", sf.path, options)
         engines: dict[tuple[str, int], Any] = {}
-        reports = []
-        for prop in sf.properties:
-            on_ensemble = prop.network is None and ensemble is not None
-            model = ensemble if on_ensemble else sf.model_of(prop)
-            engine = None if on_ensemble else _engine_for(sf, prop, engine_name, device, engines)
-            total = 0 if sf.data is None else len(sf.data.take(sf.limit))
-            show = sys.stderr.isatty() and total >= PROGRESS_MIN_POINTS
-            try:
-                with click.progressbar(
-                    length=total, label=prop.name, file=sys.stderr, show_pos=True, hidden=not show
-                ) as bar:
-                    report = vcheck(
-                        model,
-                        prop.spec,
-                        sf.data,
-                        engine,
-                        limit=sf.limit,
-                        name=prop.name,
-                        radii=sf.radii if prop.radii is None else prop.radii,
-                        progress=bar.update,
+        reports, failed, skipped = [], [], []
+        try:
+            for prop in sf.properties:
+                try:
+                    on_ensemble = prop.network is None and ensemble is not None
+                    model = ensemble if on_ensemble else sf.model_of(prop)
+                    engine = (
+                        None
+                        if on_ensemble
+                        else _engine_for(sf, prop, engine_name, device, engines, tune)
                     )
-            except UnsupportedError as err:
-                if engine_name is None:
-                    raise
-                click.echo(f"{prop.name}\n  skipped: {err}\n")
-                continue
-            reports.append(report)
-            click.echo(report_table(report, ensemble if on_ensemble else None) + "\n")
-        if json_path:
-            payload = {"spec_file": str(sf.path), "reports": [r.to_dict() for r in reports]}
-            Path(json_path).write_text(json.dumps(payload, indent=1))
-            click.echo(f"wrote {json_path}")
+                    done = {
+                        i: CheckResult.from_dict(dict(rec))
+                        for i, rec in state.done(prop.name).items()
+                    }
+                    total = _point_count(sf, prop, chosen)
+
+                    def record(i: int, result: Any, name: str = prop.name) -> None:
+                        if log is not None:
+                            log.point(name, i, result.to_dict())
+
+                    with _progress_bar(total, prop.name, progress) as tick:
+                        report = vcheck(
+                            model,
+                            prop.spec,
+                            sf.data,
+                            engine,
+                            limit=sf.limit,
+                            name=prop.name,
+                            radii=sf.radii if prop.radii is None else prop.radii,
+                            progress=tick,
+                            points=chosen,
+                            done=done,
+                            on_result=record,
+                        )
+                except UnsupportedError as err:
+                    if engine_name is None:
+                        if debug:
+                            raise
+                        failed.append((prop.name, str(err)))
+                        _report_failure(log, prop.name, str(err))
+                        continue
+                    skipped.append((prop.name, str(err)))
+                    if log is not None:
+                        log.skipped(prop.name, str(err))
+                    click.echo(f"{prop.name}\n  skipped: {err}\n")
+                    continue
+                except Exception as err:
+                    if debug:
+                        raise
+                    failed.append((prop.name, _failure(err)))
+                    _report_failure(log, prop.name, _failure(err))
+                    continue
+                reports.append(report)
+                click.echo(report_table(report, ensemble if on_ensemble else None) + "\n")
+        finally:
+            if log is not None:
+                log.close()
+        payload = {
+            "spec_file": str(sf.path),
+            "reports": [r.to_dict() for r in reports],
+            "errors": [{"property": n, "error": e} for n, e in failed],
+            "skipped": [{"property": n, "reason": e} for n, e in skipped],
+        }
+        _finish(
+            failed,
+            len(sf.properties),
+            json_text=json.dumps(payload, indent=1),
+            json_path=json_path,
+            csv_rows=[row for r in reports for row in r.csv_rows()],
+            csv_header=CSV_COLUMNS,
+            csv_path=csv_path,
+        )
         if plot_path:
             from verispec.plot import plot_certified_accuracy
 
             plot_certified_accuracy(reports, plot_path)
             click.echo(f"wrote {plot_path}")
+        return EXIT_PROPERTY_FAILED if failed else 0
 
-    _guard(debug, run)
+    sys.exit(_guard(debug, run))
 
 
-def _ensemble_of(sf: Any, override: str | None, device: str | None) -> Any:
-    """The file's ensemble (members' engines on ``device`` when given), or None; --engine
-    cannot replace the engines of an ensemble's members."""
+def _report_failure(log: Any, name: str, message: str) -> None:
+    """A property's failure: in the output where its table would be, and in the run log."""
+    click.echo(f"{name}\n  ERROR: {message}\n")
+    if log is not None:
+        log.error(name, message)
+
+
+def _point_count(sf: Any, prop: Any, chosen: tuple[int, ...] | None) -> int:
+    """How many points ``prop`` runs on (a global property: 1)."""
+    from verispec.specs import SafeOrdering
+
+    if isinstance(prop.spec, SafeOrdering):
+        return 1
+    if chosen is not None:
+        return len(chosen)
+    return 0 if sf.data is None else len(sf.data.take(sf.limit))
+
+
+def _ensemble_of(
+    sf: Any,
+    override: str | None,
+    device: str | None,
+    tune: Callable[[str, Any], Any] | None = None,
+) -> Any:
+    """The file's ensemble (members' engines on ``device`` when given, their configs passed
+    through ``tune``), or None; --engine cannot replace the engines of an ensemble's members."""
+    import attrs
+
+    from verispec.ensembles import Cascade, Voting
     from verispec.errors import SpecFileError
 
     if sf.ensemble is None:
@@ -261,13 +580,27 @@ def _ensemble_of(sf: Any, override: str | None, device: str | None) -> Any:
             f"{sf.path}: --engine {override} cannot replace the engines of the [ensemble]'s "
             "members: set engine in each [[ensemble.members]] (or leave out --engine)"
         )
-    return sf.ensemble.build(device)
+    if tune is None:
+        return sf.ensemble.build(device)
+    members = [
+        attrs.evolve(m, engine_config=tune(m.engine_name, m.engine_config)).build(device)
+        for m in sf.ensemble.members
+    ]
+    if sf.ensemble.kind == "cascade":
+        return Cascade(members)
+    return Voting(members, **sf.ensemble.options)
 
 
 def _engine_for(
-    sf: Any, prop: Any, override: str | None, device: str | None, cache: dict[Any, Any]
+    sf: Any,
+    prop: Any,
+    override: str | None,
+    device: str | None,
+    cache: dict[Any, Any],
+    tune: Callable[[str, Any], Any] | None = None,
 ) -> Any:
-    """The engine a property runs on: --engine, else the property's own, else the file's."""
+    """The engine a property runs on: --engine, else the property's own, else the file's
+    (its config passed through ``tune`` when given)."""
     import attrs
 
     from verispec.engines.base import engine_class
@@ -286,6 +619,8 @@ def _engine_for(
             if not hasattr(config, "device"):
                 raise UnsupportedError(f"engine {name!r} has no device option")
             config = attrs.evolve(config, device=device)
+        if tune is not None:
+            config = tune(name, config)
         cache[key] = engine_class(name)(config)
     return cache[key]
 
@@ -349,7 +684,63 @@ def ensemble_audit_table(audit: Any) -> str:
     return "\n".join(lines)
 
 
-@main.command()
+AUDIT_EXIT_HELP = (
+    "\b\nExit status: 0 no violation, every property ran; 1 a soundness violation was found\n"
+    "(whatever else failed); 2 bad input (the spec file, a flag, an output path): nothing\n"
+    "ran; 3 a property failed (its error is printed and recorded): the others ran."
+)
+
+AUDIT_CSV_COLUMNS = (
+    "property",
+    "index",
+    "engine",
+    "engine_verdict",
+    "solver",
+    "solver_verdict",
+    "violation",
+    "detail",
+)
+"""The columns of ``verispec audit --csv``: one row per point (an [ensemble]'s exact audit:
+the ensemble as the engine, its status as the solver's verdict)."""
+
+
+def _audit_rows(name: str, indices: Sequence[int], report: Any) -> list[dict[str, Any]]:
+    """``report``'s points as AUDIT_CSV_COLUMNS rows."""
+    from verispec.ensembles import AuditStatus, EnsembleAudit
+
+    if isinstance(report, EnsembleAudit):
+        return [
+            {
+                "property": name,
+                "index": p.index,
+                "engine": report.ensemble,
+                "engine_verdict": f"answers {p.answer}",
+                "solver": f"exact {ENSEMBLE_SOLVER}",
+                "solver_verdict": p.status.value,
+                "violation": "violated" if p.status is AuditStatus.VIOLATED else "",
+                "detail": p.detail,
+            }
+            for p in report.points
+        ]
+    kinds: dict[int, list[str]] = {}
+    for v in report.violations:
+        kinds.setdefault(v.index, []).append(v.kind.value)
+    return [
+        {
+            "property": name,
+            "index": i,
+            "engine": report.engine,
+            "engine_verdict": e.verdict.value,
+            "solver": report.solver,
+            "solver_verdict": s.verdict.value,
+            "violation": " ".join(kinds.get(i, [])),
+            "detail": s.detail,
+        }
+        for i, e, s in zip(indices, report.engine_results, report.solver_results, strict=True)
+    ]
+
+
+@main.command(epilog=AUDIT_EXIT_HELP)
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option(
     "--engine",
@@ -367,7 +758,7 @@ def ensemble_audit_table(audit: Any) -> str:
     show_default=True,
     help="solver seconds per point",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@_run_options
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def audit(
     spec: str,
@@ -375,25 +766,36 @@ def audit(
     solver: str,
     limit: int | None,
     timeout: float,
+    points_text: str | None,
     json_path: str | None,
+    csv_path: str | None,
+    jsonl_path: str | None,
+    resume: bool,
+    progress: bool | None,
     debug: bool,
 ) -> None:
     """Audit an engine against an exact solver on every property of SPEC.
 
-    Prints a summary per property and every soundness violation; exits with status 1 when a
-    violation is found, 0 otherwise. On a spec file with an [ensemble], audits the ensemble's
-    claims exactly (--solver milp): a violation is a point of the ball where its answer changes.
+    Prints a summary per property and every soundness violation. On a spec file with an
+    [ensemble], audits the ensemble's claims exactly (--solver milp): a violation is a point
+    of the ball where its answer changes. Properties the engine or solver cannot audit (e.g.
+    smoothing's probabilistic certificates) are skipped with the reason.
     """
 
     def run() -> int:
-        from verispec.api import points_of
-        from verispec.audit import audit as vaudit
-        from verispec.ensembles import Ensemble, EnsembleAudit, audit_ensemble
-        from verispec.errors import SpecFileError, UnsupportedError
+        from verispec.api import (
+            AuditPoint,
+            audit_ensemble_points,
+            audit_points,
+            ensemble_point_from_dict,
+        )
+        from verispec.ensembles import Ensemble, EnsembleAudit
+        from verispec.errors import DataError, SpecFileError, UnsupportedError
         from verispec.solvers.base import SolverConfig, solver_class
         from verispec.specfile import load_specfile
         from verispec.specs import LocalRobustness, SafeOrdering
 
+        _out_paths(json=json_path, csv=csv_path, jsonl=jsonl_path)
         sf = load_specfile(spec, limit=limit)
         on_ensemble = [p.network is None and sf.ensemble is not None for p in sf.properties]
         if any(on_ensemble):
@@ -408,44 +810,121 @@ def audit(
                     f"{sf.path}: the exact audit of an [ensemble] is a mixed-integer program: "
                     f"use --solver {ENSEMBLE_SOLVER} (not {solver})"
                 )
+        chosen = _selection(sf, points_text)
         exact = solver_class(solver)(SolverConfig(timeout=timeout))
+        options = {
+            "engine": engine_name,
+            "solver": solver,
+            "limit": sf.limit,
+            "timeout": timeout,
+            "points": points_text,
+        }
+        log, state = _open_log(jsonl_path, resume, "audit", sf.path, options)
         engines: dict[tuple[str, int], Any] = {}
-        reports: list[Any] = []
-        for prop in sf.properties:
-            model = sf.model_of(prop)
-            xs = ys = domain = None
-            if not isinstance(prop.spec, SafeOrdering):
-                if sf.data is None:
-                    raise click.UsageError(f"property {prop.name!r} needs data points")
-                xs, ys, domain = points_of(model, sf.data, sf.limit)
-            report: Any
-            try:
-                if isinstance(model, Ensemble):
-                    assert isinstance(prop.spec, LocalRobustness)  # the spec file checked it
-                    report = audit_ensemble(model, prop.spec, xs, domain, timeout)
-                    table = ensemble_audit_table(report)
-                else:
-                    engine = _engine_for(sf, prop, engine_name, None, engines)
-                    report = vaudit(engine, exact, model, prop.spec, xs, ys, domain, timeout)
-                    table = audit_table(report)
-            except UnsupportedError as err:
-                click.echo(f"{prop.name}\n  skipped: {err}\n")
-                continue
-            reports.append(report)
-            click.echo(f"{prop.name}\n{table}\n")
-        if json_path:
-            payload = {"spec_file": str(sf.path), "audits": [r.to_dict() for r in reports]}
-            Path(json_path).write_text(json.dumps(payload, indent=1))
-            click.echo(f"wrote {json_path}")
-        total = sum(len(r.violations) for r in reports)
-        exact_audits = [r for r in reports if isinstance(r, EnsembleAudit)]
+        reports: list[tuple[str, Any, tuple[int, ...]]] = []
+        failed: list[tuple[str, str]] = []
+        skipped: list[tuple[str, str]] = []
+        rows: list[dict[str, Any]] = []
+        try:
+            for prop in sf.properties:
+                report: Any
+                name = prop.name
+
+                def record(point: Any, name: str = name) -> None:
+                    if log is not None:
+                        log.point(name, point.index, point.to_dict())
+
+                try:
+                    model = sf.model_of(prop)
+                    if not isinstance(prop.spec, SafeOrdering) and sf.data is None:
+                        raise DataError(f"property {name!r} is audited at data points: give [data]")
+                    total = _point_count(sf, prop, chosen)
+                    known = state.done(name)
+                    with _progress_bar(total, name, progress) as tick:
+                        if isinstance(model, Ensemble):
+                            assert isinstance(prop.spec, LocalRobustness)  # the file checked it
+                            assert sf.data is not None  # refused above
+                            report = audit_ensemble_points(
+                                model,
+                                prop.spec,
+                                sf.data,
+                                sf.limit,
+                                timeout,
+                                points=chosen,
+                                done={i: ensemble_point_from_dict(i, r) for i, r in known.items()},
+                                on_point=record,
+                                progress=tick,
+                            )
+                            table = ensemble_audit_table(report)
+                        else:
+                            engine = _engine_for(sf, prop, engine_name, None, engines)
+                            shape = model.input_shape
+                            report = audit_points(
+                                engine,
+                                exact,
+                                model,
+                                prop.spec,
+                                sf.data,
+                                sf.limit,
+                                timeout,
+                                points=chosen,
+                                done={
+                                    i: AuditPoint.from_dict(i, r, shape) for i, r in known.items()
+                                },
+                                on_point=record,
+                                progress=tick,
+                            )
+                            table = audit_table(report)
+                except UnsupportedError as err:
+                    skipped.append((name, str(err)))
+                    if log is not None:
+                        log.skipped(name, str(err))
+                    click.echo(f"{name}\n  skipped: {err}\n")
+                    continue
+                except Exception as err:
+                    if debug:
+                        raise
+                    failed.append((name, _failure(err)))
+                    _report_failure(log, name, _failure(err))
+                    continue
+                indices = (0,) if isinstance(prop.spec, SafeOrdering) else chosen
+                if indices is None:
+                    indices = tuple(range(len(report.engine_results)))
+                if isinstance(report, EnsembleAudit):
+                    indices = tuple(p.index for p in report.points)
+                reports.append((name, report, indices))
+                rows += _audit_rows(name, indices, report)
+                click.echo(f"{name}\n{table}\n")
+        finally:
+            if log is not None:
+                log.close()
+        payload = {
+            "spec_file": str(sf.path),
+            "audits": [{"property": n, **r.to_dict(), "indices": list(ix)} for n, r, ix in reports],
+            "errors": [{"property": n, "error": e} for n, e in failed],
+            "skipped": [{"property": n, "reason": e} for n, e in skipped],
+        }
+        _finish(
+            failed,
+            len(sf.properties),
+            json_text=json.dumps(payload, indent=1),
+            json_path=json_path,
+            csv_rows=rows,
+            csv_header=AUDIT_CSV_COLUMNS,
+            csv_path=csv_path,
+        )
+        audits = [r for _, r, _ in reports]
+        total = sum(len(r.violations) for r in audits)
+        exact_audits = [r for r in audits if isinstance(r, EnsembleAudit)]
         timeouts = sum(r.counts["timeout"] for r in exact_audits)
         unknown = sum(r.counts["unknown"] for r in exact_audits)
         undecided = [f"{timeouts} point(s) timed out"] if timeouts else []
         undecided += [f"{unknown} point(s) undecided"] if unknown else []
         unproved = f" ({', '.join(undecided)}: not proved robust)" if undecided else ""
         click.echo(f"{total} soundness violation(s){unproved}")
-        return 1 if total else 0
+        if total:
+            return 1
+        return EXIT_PROPERTY_FAILED if failed else 0
 
     sys.exit(_guard(debug, run))
 
@@ -743,6 +1222,7 @@ def _parse_groups(text: str | None) -> list[list[int]] | None:
     required=True,
     help="model file to write (a JSON training log is written beside it)",
 )
+@_progress_options
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def train(**opts: Any) -> None:
     """Train a certifiably robust model and save it with its sound Lipschitz constant."""
@@ -806,13 +1286,20 @@ def train(**opts: Any) -> None:
             f"{'K sound':>9} {'s':>6}"
         )
 
-        def show(e: Any) -> None:
-            click.echo(
-                f"{e.epoch:>5} {e.loss:>8.4f} {e.eps:>6.3f} {e.clean_accuracy:>6.3f} "
-                f"{e.vra:>6.3f} {e.k_estimate:>9.4g} {e.k_sound:>9.4g} {e.seconds:>6.1f}"
-            )
+        with _progress_bar(opts["epochs"], "training", opts["progress"], "epoch") as tick:
 
-        model, log = run_training(cfg, train_data, test_data, on_epoch=show)
+            def show(e: Any) -> None:
+                from tqdm import tqdm
+
+                with tqdm.external_write_mode(file=sys.stdout):
+                    click.echo(
+                        f"{e.epoch:>5} {e.loss:>8.4f} {e.eps:>6.3f} {e.clean_accuracy:>6.3f} "
+                        f"{e.vra:>6.3f} {e.k_estimate:>9.4g} {e.k_sound:>9.4g} "
+                        f"{e.seconds:>6.1f}"
+                    )
+                tick(1)
+
+            model, log = run_training(cfg, train_data, test_data, on_epoch=show)
         network = Network.from_torch(model.cpu(), tuple(train_data.x.shape[1:]))
         final = log[-1]
         meta = {

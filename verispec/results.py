@@ -19,7 +19,8 @@ JSON schema (``Report.to_json``), version ``verispec.report/1``::
                   "curve": [[radius, accuracy], ...],  # 50 radii up to the largest radius
                   "points_per_second": float},
       "results": [
-        {"verdict": "certified"|"falsified"|"unknown"|"abstain"|"timeout",
+        {"index": int,               # the point's index in the data
+         "verdict": "certified"|"falsified"|"unknown"|"abstain"|"timeout",
          "predicted": int|null, "label": int|null, "radius": float|null,
          "engine": str, "guarantee": "deterministic"|"probabilistic",
          "confidence": float,        # 1.0 for deterministic guarantees, 1 - alpha otherwise
@@ -506,6 +507,35 @@ def _floats(value: Iterable[float]) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
+def _ints(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(int(v) for v in value)
+
+
+def _read_indices(results: Sequence[Mapping[str, Any]]) -> tuple[int, ...]:
+    """The "index" of every result dict (empty when a result has none, or they are 0..n-1)."""
+    indices = [r.get("index") for r in results]
+    if any(i is None for i in indices):
+        return ()
+    ints = tuple(int(i) for i in indices if i is not None)
+    return () if ints == tuple(range(len(ints))) else ints
+
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "property",
+    "index",
+    "verdict",
+    "predicted",
+    "label",
+    "radius",
+    "engine",
+    "guarantee",
+    "confidence",
+    "time_s",
+    "detail",
+)
+"""The columns of ``Report.csv_rows`` (``verispec check --csv``)."""
+
+
 @attrs.frozen(eq=False)
 class _Columns:
     """What the metrics need, per point: verdict codes, whether a label and a prediction are
@@ -553,10 +583,45 @@ class Report:
     results: BatchResult | tuple[CheckResult, ...] = attrs.field(converter=_results)
     radii: tuple[float, ...] = attrs.field(default=(), converter=_floats)
     wall_time_s: float = 0.0
+    indices: tuple[int, ...] = attrs.field(default=(), converter=_ints)
+    """Each result's point index in the data (empty: 0, 1, ... in order)."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.indices and len(self.indices) != len(self.results):
+            raise ValueError(
+                f"Report has {len(self.indices)} indices for {len(self.results)} results"
+            )
 
     @property
     def points(self) -> int:
         return len(self.results)
+
+    @property
+    def point_indices(self) -> tuple[int, ...]:
+        """Each result's point index in the data."""
+        return self.indices or tuple(range(self.points))
+
+    def csv_rows(self) -> list[dict[str, Any]]:
+        """One row per point under ``CSV_COLUMNS``: the property, the point's index and its
+        result."""
+        rows = []
+        for index, r in zip(self.point_indices, self.results, strict=True):
+            rows.append(
+                {
+                    "property": self.property_name,
+                    "index": index,
+                    "verdict": r.verdict.value,
+                    "predicted": r.predicted,
+                    "label": r.label,
+                    "radius": r.radius,
+                    "engine": r.engine,
+                    "guarantee": r.guarantee.value,
+                    "confidence": r.confidence,
+                    "time_s": r.time_s,
+                    "detail": r.detail,
+                }
+            )
+        return rows
 
     def count(self, verdict: Verdict) -> int:
         return int(np.count_nonzero(_columns(self.results).verdicts == verdict.code))
@@ -644,7 +709,10 @@ class Report:
                 "curve": [list(p) for p in self.curve()],
                 "points_per_second": _json_float(self.points_per_second),
             },
-            "results": [r.to_dict() for r in self.results],
+            "results": [
+                {"index": i, **r.to_dict()}
+                for i, r in zip(self.point_indices, self.results, strict=True)
+            ],
         }
 
     @classmethod
@@ -658,6 +726,7 @@ class Report:
             results=tuple(CheckResult.from_dict(r) for r in d["results"]),
             radii=tuple(d.get("radii", ())),
             wall_time_s=float(d.get("wall_time_s", 0.0)),
+            indices=_read_indices(d["results"]),
         )
 
     def to_json(self) -> str:
