@@ -34,7 +34,9 @@ needs_bench = pytest.mark.skipif(
 )
 
 LINE = re.compile(r"^(sat|unsat|timeout|unknown|error) +\d+\.\d\d s  \S+ \S+$")
-SUMMARY = re.compile(r"^total: \d+ instances, \d+ solved \(.*\) in \d+\.\d\d s$")
+SUMMARY = re.compile(
+    r"^total: \d+ instances, \d+ solved \(.*\)(, \d+ past their time limit,)? in \d+\.\d\d s$"
+)
 
 PROP = """(declare-const X_0 Real)
 (declare-const X_1 Real)
@@ -207,6 +209,32 @@ def test_timeout_is_never_answered_before_the_time_has_passed(
     (inst,) = read_instances(folder / "instances.csv")[:1]
     res = solve_instance(inst)
     assert res.answer == "unknown" and "gave up" in res.detail and res.time_s < inst.timeout
+
+
+class _Slow:
+    """A solver that proves every box after 0.4 s, whatever its time limit."""
+
+    def __init__(self, config: object) -> None:
+        pass
+
+    def solve(self, network: object, prop: object, timeout: float | None = None) -> CheckResult:
+        time.sleep(0.4)
+        return CheckResult(Verdict.CERTIFIED, "test")
+
+
+def test_an_answer_past_the_time_limit_is_marked_late(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import verispec.solvers.base
+
+    monkeypatch.setattr(verispec.solvers.base, "solver_class", lambda name: _Slow)
+    (folder / "short.csv").write_text("net.onnx,safe.vnnlib,0.2\nnet.onnx,safe.vnnlib,30\n")
+    late, fine = run_instances(folder / "short.csv")
+    assert late.answer == "unsat" and late.late and "past the 0.2 s limit" in late.detail
+    assert fine.answer == "unsat" and not fine.late and "past" not in fine.detail
+    line = vnnbatch.summary([late, fine])
+    assert SUMMARY.match(line) and "2 solved" in line and ", 1 past their time limit," in line
+    assert "past" not in vnnbatch.summary([fine])
 
 
 def test_time_spent_parsing_counts_against_the_instance(

@@ -74,6 +74,12 @@ class InstanceResult:
     def solved(self) -> bool:
         return self.answer in ("sat", "unsat")
 
+    @property
+    def late(self) -> bool:
+        """Whether the answer came after the instance's time limit (the competition would
+        count it as a timeout)."""
+        return self.time_s > self.instance.timeout
+
     def row(self) -> tuple[str, str, str, str, str]:
         """The result as a results-CSV row (``RESULT_COLUMNS``)."""
         return (
@@ -168,7 +174,10 @@ def solve_instance(
             return InstanceResult(instance, "timeout", elapsed, f"time limit passed: {err}")
         text = str(err) if isinstance(err, VerispecError) else f"{type(err).__name__}: {err}"
         return InstanceResult(instance, "error", elapsed, text)
-    return InstanceResult(instance, answer.answer, answer.time_s, answer.detail, answer)
+    detail = answer.detail
+    if answer.time_s > instance.timeout:  # a solver step that does not watch the clock
+        detail += f"; answered after {answer.time_s:.2f} s, past the {instance.timeout:g} s limit"
+    return InstanceResult(instance, answer.answer, answer.time_s, detail, answer)
 
 
 class ResultsWriter:
@@ -230,9 +239,12 @@ def run_instances(
 
 
 def summary(results: list[InstanceResult], wall_s: float | None = None) -> str:
-    """One line: the instances, the solved count and each answer's count, the total time."""
+    """One line: the instances, the solved count and each answer's count, how many answered
+    past their time limit (when any did), the total time."""
     counts = {a: sum(r.answer == a for r in results) for a in ANSWERS}
     solved = counts["sat"] + counts["unsat"]
     parts = ", ".join(f"{counts[a]} {a}" for a in ANSWERS)
+    late = sum(r.late for r in results)
+    past = f", {late} past their time limit," if late else ""
     total = sum(r.time_s for r in results) if wall_s is None else wall_s
-    return f"total: {len(results)} instances, {solved} solved ({parts}) in {total:.2f} s"
+    return f"total: {len(results)} instances, {solved} solved ({parts}){past} in {total:.2f} s"
