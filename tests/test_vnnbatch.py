@@ -284,6 +284,21 @@ def test_a_parse_stopped_by_its_deadline_answers_timeout(
     assert res.answer == "error" and "line 3: nonsense" in res.detail
 
 
+def test_a_long_parse_is_stopped_at_the_instance_deadline(folder: Path) -> None:
+    """The real parser, given the instance's deadline, stops a file that takes long to read:
+    ``timeout`` soon after the limit (reading the whole file takes seconds), in both modes."""
+    from verispec.api import solve_vnnlib
+
+    big = folder / "big.vnnlib"
+    big.write_text(PROP.format(lo0=0.6, hi0=1) + "(assert (<= X_0 1))\n" * 100_000)
+    answer = solve_vnnlib(folder / "net.onnx", big, timeout=0.3)
+    assert answer.answer == "timeout" and 0.3 <= answer.time_s < 2.0, answer
+    (folder / "big.csv").write_text("net.onnx,big.vnnlib,0.3\nnet.onnx,safe.vnnlib,30\n")
+    stopped, fine = run_instances(folder / "big.csv")
+    assert stopped.answer == "timeout" and 0.3 <= stopped.time_s < 2.0, stopped
+    assert "time limit" in stopped.detail and fine.answer == "unsat"
+
+
 def test_cli_flag_combinations_are_errors_naming_the_flags(folder: Path) -> None:
     csv_path = str(folder / "instances.csv")
     net, prop = str(folder / "net.onnx"), str(folder / "safe.vnnlib")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
@@ -450,9 +449,8 @@ def solve_vnnlib(
     """Decide a VNN-COMP instance: every input box of the file must keep f(x) out of its unsafe
     set. ``sat`` as soon as one box has a counterexample. ``timeout`` counts everything: the
     ONNX load, the VNN-LIB parse and the solve."""
-    from verispec.onnx import load_onnx
-
     from verispec.errors import VerispecError
+    from verispec.onnx import load_onnx
 
     start = time.perf_counter()
     network = load_onnx(onnx_path)
@@ -466,15 +464,9 @@ def solve_vnnlib(
 
 
 def parse_vnnlib_within(path: str | Path, network: Network, deadline: float) -> VnnlibSpec:
-    """``parse_vnnlib`` for ``network``'s inputs and outputs, bound by ``deadline`` (a
-    ``time.perf_counter`` value) where the parser takes one."""
-    parse: Any = parse_vnnlib
-    if "deadline" in inspect.signature(parse_vnnlib).parameters:
-        return cast(
-            VnnlibSpec,
-            parse(path, network.input_size, network.num_classes, deadline=deadline),
-        )
-    return parse_vnnlib(path, network.input_size, network.num_classes)
+    """``parse_vnnlib`` for ``network``'s inputs and outputs, stopped at ``deadline`` (a
+    ``time.perf_counter`` value) by ``VnnlibTimeout``."""
+    return parse_vnnlib(path, network.input_size, network.num_classes, deadline=deadline)
 
 
 def decide_vnnlib(
