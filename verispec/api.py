@@ -67,7 +67,6 @@ IndexArray = NDArray[np.int64]
 """Point indices in the data."""
 
 POINT_CHUNKS: Mapping[str, int] = {
-    "lipschitz": CHUNK,
     "smoothing": 8,
     "projections": 8,
     "milp": 1,

@@ -887,11 +887,13 @@ def audit(
                     failed.append((name, _failure(err)))
                     _report_failure(log, name, _failure(err))
                     continue
-                indices = (0,) if isinstance(prop.spec, SafeOrdering) else chosen
-                if indices is None:
-                    indices = tuple(range(len(report.engine_results)))
+                indices: tuple[int, ...]
                 if isinstance(report, EnsembleAudit):
                     indices = tuple(p.index for p in report.points)
+                elif isinstance(prop.spec, SafeOrdering):
+                    indices = (0,)
+                else:
+                    indices = chosen or tuple(range(len(report.engine_results)))
                 reports.append((name, report, indices))
                 rows += _audit_rows(name, indices, report)
                 click.echo(f"{name}\n{table}\n")
