@@ -21,6 +21,11 @@ and declares ``spec_kinds`` (the spec classes it decides) and ``needs_bounded_pr
 (a SafeOrdering polytope without a box is refused). An engine that does not implement
 ``_decide_global`` does not support SafeOrdering.
 
+``engine.numbered(indices)`` is the engine for points with these indices in a run
+(``verispec.check`` numbers each chunk by its points' indices in the data): an engine whose
+decision at a point depends on the point's index (smoothing keys each point's noise by it)
+overrides it; for the others it is the engine itself.
+
 Engines are registered by name with ``@register_engine`` (a typed ``Registry``) and built from
 their typed ``Config``.
 """
@@ -31,7 +36,7 @@ import abc
 import math
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, Protocol, final
+from typing import Any, ClassVar, Protocol, Self, final
 
 import attrs
 import numpy as np
@@ -97,6 +102,12 @@ class EngineBase(abc.ABC):
 
     def _supports(self, network: Network, spec: Spec) -> None:  # noqa: B027 (optional hook)
         """Engine-specific refusals (layers, norms); the spec kind is already accepted."""
+
+    def numbered(self, indices: int | Sequence[int] | np.ndarray) -> Self:
+        """This engine for points with these indices in the run (an int: the first point's of
+        each call, the others following; else one index per point): engines whose decision at a
+        point depends on its index return a copy that uses them, the others themselves."""
+        return self
 
     # -- the template -------------------------------------------------------------------------
     @final

@@ -13,14 +13,31 @@ concern g, not the network f:
 
 Samples of many points share batches: the (point, sample) pairs of a chunk of points are
 enumerated flat and cut into batches of ``batch_size`` rows, so a small model stays busy and
-memory is bounded by the batch size. The generator is seeded from the config: the same seed
-gives the same result on the CPU.
+memory is bounded by the batch size.
+
+Noise: every point of a run draws its own. The run's ``seed`` and the point's index in the run
+key one generator stream per point and sampling phase (``Phase``: the n0 selection draws, the n
+estimation draws, PREDICT's draws), ``NoiseSource.stream_seed``: an injective function of
+(index, phase) for a seed, so two points of a run never share a stream (their certificates'
+failure events are independent) and a point's noise is the same whatever the chunk of points
+it is checked in and whatever the batch size. A stream is drawn in fixed blocks of samples
+(``BLOCK_ELEMENTS``), each one call of the generator, a block cut across batches being drawn
+whole and carried over. A point's index is its position in the ``check`` call's ``xs``, shifted
+by ``numbered`` (``verispec.check`` numbers its chunks by their first point's index in the
+data); ``certify``, ``predict`` and ``counts`` use the same numbering. The same seed gives the
+same results on one device (the CPU's generator differs from a GPU's).
 """
 
 from __future__ import annotations
 
+import copy
+import enum
+import functools
+import math
 import time
 import warnings
+from collections.abc import Sequence
+from typing import Self
 
 import attrs
 import numpy as np
@@ -29,7 +46,7 @@ from scipy import stats
 
 from verispec import options
 from verispec.engines.base import EngineBase, register_engine, resolve_device
-from verispec.errors import UnsupportedError
+from verispec.errors import SpecError, UnsupportedError
 from verispec.network import Network
 from verispec.regions import Box, FloatArray, Norm
 from verispec.results import BatchResult, GuaranteeKind, Verdict
@@ -68,6 +85,124 @@ class SmoothingConfig:
     seed: int = attrs.field(default=0, validator=options.seed)
 
 
+BLOCK_ELEMENTS = 1 << 20
+"""A point's noise stream is drawn in blocks of ``max(1, BLOCK_ELEMENTS // input size)``
+samples (the last block of a phase holds the rest), each one call of its generator: a sample's
+noise depends on its point and its position in the stream, never on how rows are batched."""
+
+
+class Phase(enum.IntEnum):
+    """The sampling phases of a point, each drawing from its own stream."""
+
+    SELECT = 0
+    """CERTIFY's n0 draws choosing c_A."""
+    ESTIMATE = 1
+    """CERTIFY's n draws counting n_A."""
+    PREDICT = 2
+    """PREDICT's n draws."""
+
+
+MAX_POINT_INDEX = (1 << 32) // len(Phase) - 1
+"""The largest point index a run can number (streams are numbered in 32 bits: index * 3 +
+phase)."""
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(h: int) -> int:
+    """MurmurHash3's 32-bit finalizer: a bijection of [0, 2^32) that scatters nearby inputs."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _MASK32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _MASK32
+    return h ^ (h >> 16)
+
+
+@functools.lru_cache(maxsize=64)
+def _seed_key(seed: int) -> int:
+    """32 bits of a run seed, mixed (SeedSequence) so that nearby seeds are far apart."""
+    return int(np.random.SeedSequence(seed % (1 << 128)).generate_state(1, np.uint32)[0])
+
+
+@attrs.frozen
+class NoiseSource:
+    """The Gaussian noise of one sampling phase of a run with this seed: the point with index i
+    draws from a generator seeded with ``stream_seed(i)`` (a CPU generator is an mt19937, a GPU's
+    a Philox counter generator keyed by that seed)."""
+
+    seed: int
+    phase: Phase
+
+    def stream_seed(self, index: int) -> int:
+        """The seed of point ``index``'s stream: the stream number index * 3 + phase mixed with
+        the run seed by bijections of 32-bit words (xor, ``_mix32``), hence distinct for every
+        (index, phase) of a run. 32 bits because the CPU generator keeps only 32 of a seed's bits:
+        a 64-bit hash truncated to them would collide within a few 10^4 points."""
+        if not 0 <= index <= MAX_POINT_INDEX:
+            raise SpecError(f"point index {index} out of range 0..{MAX_POINT_INDEX}")
+        return _mix32(((index * len(Phase) + self.phase) ^ _seed_key(self.seed)) & _MASK32)
+
+
+class PointNoise:
+    """The noise rows of ``num`` samples at each point with the given indices (row r: sample
+    r % num of point r // num), filled in order, batch after batch, by ``fill``."""
+
+    def __init__(
+        self,
+        source: NoiseSource,
+        indices: np.ndarray,
+        num: int,
+        shape: tuple[int, ...],
+        device: torch.device,
+    ) -> None:
+        self.source = source
+        self.indices = indices
+        self.num = num
+        self.shape = shape
+        self.device = device
+        self.block = max(1, BLOCK_ELEMENTS // max(1, math.prod(shape)))
+        self.rows = len(indices) * num
+        self.next_row = 0
+        self._generator = torch.Generator(device=device)
+        self._buffer: torch.Tensor | None = None
+        self._carry: torch.Tensor | None = None  # a block drawn whole, not yet all used
+        self._carry_row = 0  # the row of its first sample
+
+    def fill(self, out: torch.Tensor) -> None:
+        """Write the next ``len(out)`` rows into ``out`` (float32, contiguous, on the device)."""
+        start, stop = self.next_row, self.next_row + out.shape[0]
+        if stop > self.rows:
+            raise ValueError(f"noise rows {start}..{stop} asked for, the points have {self.rows}")
+        row = start
+        while row < stop:
+            if self._carry is not None:  # the rest of a block begun in an earlier fill
+                carry_end = self._carry_row + self._carry.shape[0]
+                hi = min(carry_end, stop)
+                out[row - start : hi - start].copy_(
+                    self._carry[row - self._carry_row : hi - self._carry_row]
+                )
+                if hi == carry_end:
+                    self._carry = None
+                row = hi
+                continue
+            point, sample = divmod(row, self.num)
+            if sample == 0:
+                self._generator.manual_seed(self.source.stream_seed(int(self.indices[point])))
+            hi = row + min(self.block, self.num - sample)
+            if hi <= stop:
+                out[row - start : hi - start].normal_(generator=self._generator)
+                row = hi
+            else:  # cut by the end of the batch: drawn whole, the rest carried over
+                if self._buffer is None:
+                    self._buffer = torch.empty(
+                        (self.block, *self.shape), dtype=torch.float32, device=self.device
+                    )
+                self._carry = self._buffer[: hi - row]
+                self._carry.normal_(generator=self._generator)
+                self._carry_row = row
+        self.next_row = stop
+
+
 @attrs.frozen(eq=False)
 class Prediction:
     """PREDICT for a batch of points: the class (NO_CLASS when abstaining) and the p-value."""
@@ -92,6 +227,42 @@ class SmoothingEngine(EngineBase):
         self.config = config or SmoothingConfig()
         self.device = resolve_device(self.config.device)
         self._modules: dict[str, torch.nn.Module] = {}
+        self._first: int = 0
+        self._indices: np.ndarray | None = None
+
+    # -- numbering the points of a run ---------------------------------------------------------
+    def numbered(self, indices: int | Sequence[int] | np.ndarray) -> Self:
+        """This engine for points with these indices in the run: an int is the index of the first
+        point of each call (the others follow it), else one distinct index per point of each
+        call. A copy (sharing the module cache); each point's noise is keyed by its index."""
+        other = copy.copy(self)
+        if isinstance(indices, int | np.integer) and not isinstance(indices, bool):
+            if not 0 <= int(indices) <= MAX_POINT_INDEX:
+                raise SpecError(f"first point index {indices} out of range 0..{MAX_POINT_INDEX}")
+            other._first, other._indices = int(indices), None
+            return other
+        arr = np.asarray(indices)
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+            raise SpecError(f"point indices must be a 1-D array of integers, got {arr!r:.80}")
+        arr = arr.astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > MAX_POINT_INDEX):
+            raise SpecError(f"point indices must lie in 0..{MAX_POINT_INDEX}")
+        if len(np.unique(arr)) != len(arr):
+            raise SpecError("point indices must be distinct: points sharing one share their noise")
+        other._first, other._indices = 0, arr
+        return other
+
+    def point_indices(self, count: int) -> np.ndarray:
+        """The run indices of the ``count`` points of a call."""
+        if self._indices is None:
+            if self._first + count - 1 > MAX_POINT_INDEX:
+                raise SpecError(f"point indices beyond {MAX_POINT_INDEX}: the run is too long")
+            return np.arange(self._first, self._first + count, dtype=np.int64)
+        if len(self._indices) != count:
+            raise SpecError(
+                f"the smoothing engine was numbered for {len(self._indices)} points, given {count}"
+            )
+        return self._indices
 
     # -- sampling -------------------------------------------------------------------------------
     def _module(self, network: Network) -> torch.nn.Module:
@@ -103,14 +274,16 @@ class SmoothingEngine(EngineBase):
             self._modules[key] = module
         return self._modules[key]
 
-    def counts(
-        self, network: Network, xs: FloatArray, num: int, generator: torch.Generator
-    ) -> np.ndarray:
-        """Class counts (points, classes) of f(x + d) over ``num`` noise draws per point; the
-        draws of all points share batches of ``batch_size`` rows."""
+    def counts(self, network: Network, xs: FloatArray, num: int, source: NoiseSource) -> np.ndarray:
+        """Class counts (points, classes) of f(x + d) over ``num`` draws of ``source``'s noise per
+        point (the points numbered by ``point_indices``); the draws of all points share batches of
+        ``batch_size`` rows."""
         module = self._module(network)
         m = network.num_classes
         points = torch.as_tensor(np.array(xs), dtype=torch.float32, device=self.device)
+        noise = PointNoise(
+            source, self.point_indices(points.shape[0]), num, tuple(points.shape[1:]), self.device
+        )
         total = points.shape[0] * num
         counts = torch.zeros(points.shape[0] * m, dtype=torch.int64, device=self.device)
         bs = min(self.config.batch_size, max(total, 1))
@@ -120,7 +293,7 @@ class SmoothingEngine(EngineBase):
                 stop = min(total, start + bs)
                 idx = torch.arange(start, stop, device=self.device) // num
                 batch = buf[: stop - start]
-                torch.randn(batch.shape, generator=generator, out=batch)
+                noise.fill(batch)
                 batch.mul_(self.config.sigma)
                 first, last = start // num, (stop - 1) // num
                 if first == last:  # one point in this batch: broadcast, no gather
@@ -131,10 +304,9 @@ class SmoothingEngine(EngineBase):
                 counts += torch.bincount(idx * m + labels, minlength=counts.numel())
         return counts.reshape(-1, m).cpu().numpy()
 
-    def _generator(self) -> torch.Generator:
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.config.seed)
-        return gen
+    def _generator(self, phase: Phase = Phase.ESTIMATE) -> NoiseSource:
+        """The noise source of a sampling phase of this engine's run (its seed)."""
+        return NoiseSource(self.config.seed, phase)
 
     # -- CERTIFY and PREDICT -----------------------------------------------------------------
     def certify(
@@ -142,9 +314,8 @@ class SmoothingEngine(EngineBase):
     ) -> tuple[np.ndarray, FloatArray, FloatArray]:
         """(c_A, p_A_lower, radius) per point; radius -inf when abstaining (p_A_lower < 1/2)."""
         cfg = self.config
-        gen = self._generator()
-        guess = self.counts(network, xs, cfg.n0, gen).argmax(axis=1)
-        counts = self.counts(network, xs, cfg.n, gen)
+        guess = self.counts(network, xs, cfg.n0, self._generator(Phase.SELECT)).argmax(axis=1)
+        counts = self.counts(network, xs, cfg.n, self._generator(Phase.ESTIMATE))
         n_a = counts[np.arange(len(guess)), guess]
         p_lower = clopper_pearson_lower(n_a, cfg.n, cfg.alpha)
         with np.errstate(divide="ignore"):
@@ -154,7 +325,7 @@ class SmoothingEngine(EngineBase):
     def predict(self, network: Network, xs: FloatArray) -> Prediction:
         """PREDICT: the top class of n draws, or NO_CLASS when a two-sided binomial test of the
         top two counts is not significant at level alpha."""
-        counts = self.counts(network, xs, self.config.n, self._generator())
+        counts = self.counts(network, xs, self.config.n, self._generator(Phase.PREDICT))
         order = np.argsort(-counts, axis=1, kind="stable")
         top, second = order[:, 0], order[:, 1]
         rows = np.arange(len(top))
