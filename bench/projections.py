@@ -5,7 +5,7 @@
         [--eps 0.05,0.1,0.2] [--out /tmp/projections_bench.json]
 
 ReLU MLPs of MNIST size (784 inputs; hidden layers 3x20, 6x20, 3x100) are trained briefly with
-plain cross-entropy on the MNIST protocol of ../shared/data/README.md (train on the 5,000
+plain cross-entropy on verispec's MNIST protocol (verispec/data.py; train on the 5,000
 training images plus the first 8,000 test-split images; points are the first images of the
 last 2,000 test-split images; pixels in [0, 1]). At each l2 eps: the projections engine on
 ``--points`` points (batched), and the MILP solver (SCIP for the l2 ball, per-point timeout)

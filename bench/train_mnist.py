@@ -1,6 +1,6 @@
-"""Certified training on real MNIST images (the protocol of ../shared/data/README.md: train on
-the 5,000 training images plus the first 8,000 test-split images, evaluate on the last 2,000;
-the full 60k training split is not available here).
+"""Certified training on real MNIST images (verispec's MNIST protocol, ``mnist:DIR`` in
+verispec/data.py: train on the 5,000 training images plus the first 8,000 test-split images,
+evaluate on the last 2,000; the full 60k training split is not available here).
 
     python bench/train_mnist.py --arch 2c2f --eps 0.3 --epochs 40
     python bench/train_mnist.py --arch 4c3f --eps 1.58 --threads 1

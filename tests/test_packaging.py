@@ -8,9 +8,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Layers from the top down (DESIGN.md section 1): a module may import only its own layer and
-# the layers below it. "api" is the package's front (verispec/__init__, api, audit, spec files,
-# which build engine configs); "core" is everything else at verispec's top level.
+# Layers from the top down (docs/architecture.md): a module may import only its own layer and
+# the layers below it. "api" is the package's front (verispec/__init__, api, audit, spec files
+# and the VNN-COMP batch runner, which build engine configs); "core" is everything else at
+# verispec's top level.
 LAYERS = ("cli", "api", "ensembles", "train", "engines", "solvers", "core")
 
 
@@ -28,7 +29,7 @@ def _layer(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "verispec":
         return None
-    if len(parts) == 1 or parts[1] in ("api", "audit", "specfile"):
+    if len(parts) == 1 or parts[1] in ("api", "audit", "specfile", "vnnbatch"):
         return "api"
     if parts[1] in ("cli", "ensembles", "engines", "solvers", "train"):
         return parts[1]

@@ -9,7 +9,7 @@ Sources (the same strings in spec files and on the command line):
 - ``idx:IMAGES,LABELS``: MNIST IDX files (gzip or not); pixels scaled by 1/255.
 - ``csv:PATH``: one example per line, pixel values then the label (gzip or not); scaled by 1/255
   when any value exceeds 1.
-- ``mnist:DIR``: the MNIST protocol of ``../shared/data/README.md`` (the 60k training split is
+- ``mnist:DIR``: verispec's MNIST protocol (the 60k training split is
   not available): train = ``mnist_train_5k.csv.gz`` plus the first 8,000 images of
   ``t10k-images-idx3-ubyte.gz``; test = the last 2,000 test images; pixels in [0, 1].
 """

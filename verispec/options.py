@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import torch
 
 from verispec.errors import ConfigError
 
@@ -73,11 +74,27 @@ def seed(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     integer(0)(instance, attribute, value)
 
 
+DEVICE_CHOICES = "cpu, cuda, cuda:N (N a GPU index) or mps"
+"""The torch devices verispec runs on, as a message names them."""
+
+
+def parse_device(device: str) -> torch.device:
+    """A torch device from a user string, without checking it is available: ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps``; anything else raises ``ConfigError`` naming the valid choices."""
+    if not isinstance(device, str) or not device.strip():
+        raise ConfigError(f"device {device!r} is not a device name: use {DEVICE_CHOICES}")
+    try:
+        dev = torch.device(device.strip())
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {device!r}: use {DEVICE_CHOICES}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {device!r} is not supported: use {DEVICE_CHOICES}")
+    return dev
+
+
 def device(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """A torch device string verispec runs on (``cpu``, ``cuda``, ``cuda:N``, ``mps``); whether
     it is available is checked when the engine is built (``resolve_device``)."""
-    from verispec.engines.base import parse_device
-
     if not isinstance(value, str):
         raise _fail(instance, attribute, f"must be a device name such as 'cpu', got {value!r}")
     try:

@@ -1,4 +1,4 @@
-"""Typed specifications (DESIGN.md section 2).
+"""Typed specifications (semantics: docs/architecture.md).
 
 Point-based specs (local robustness, relaxed top-k, affinity) compile at a point x with logits
 f(x) to a ``Goal`` via ``spec.at(x, logits, domain)``. ``SafeOrdering`` is a global property

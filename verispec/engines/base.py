@@ -44,6 +44,7 @@ import torch
 
 from verispec.errors import ConfigError, DeviceError, SpecError, UnsupportedError
 from verispec.network import Network
+from verispec.options import parse_device
 from verispec.regions import Box, FloatArray, Polytope
 from verispec.registry import Registry
 from verispec.results import BatchResult, CheckResult, Verdict
@@ -351,24 +352,6 @@ def batches(n: int, size: int) -> Iterator[slice]:
         raise ValueError(f"batch size must be >= 1, got {size}")
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
-
-
-DEVICE_CHOICES = "cpu, cuda, cuda:N (N a GPU index) or mps"
-"""The torch devices verispec runs on, as a message names them."""
-
-
-def parse_device(device: str) -> torch.device:
-    """A torch device from a user string, without checking it is available: ``cpu``, ``cuda``,
-    ``cuda:N`` or ``mps``; anything else raises ``ConfigError`` naming the valid choices."""
-    if not isinstance(device, str) or not device.strip():
-        raise ConfigError(f"device {device!r} is not a device name: use {DEVICE_CHOICES}")
-    try:
-        dev = torch.device(device.strip())
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"unknown device {device!r}: use {DEVICE_CHOICES}") from None
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device {device!r} is not supported: use {DEVICE_CHOICES}")
-    return dev
 
 
 def resolve_device(device: str) -> torch.device:

@@ -1,4 +1,4 @@
-"""Certifiably robust training (DESIGN.md section 6): layers, losses, schedules, architectures
+"""Certifiably robust training (docs/training.md): layers, losses, schedules, architectures
 and the training loop. Models trained here are verified with the sound engine, never trusted."""
 
 from verispec.train.architectures import Arch, ArchConfig, build
