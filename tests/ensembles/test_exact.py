@@ -355,6 +355,8 @@ def test_time_limit_is_timeout_never_robust():
     )
     assert [p.status for p in audit.points] == [AuditStatus.TIMEOUT]
     assert audit.counts["timeout"] == 1
+    # the budget is checked before each member's bounds (large members overran it by minutes)
+    assert "while bounding the members" in audit.points[0].detail
 
 
 def test_members_of_other_engines_are_refused():

@@ -754,7 +754,13 @@ def _audit_point(
     ball = Ball(x, spec.eps, spec.norm, domain)
     inp = InputSet.of(ball)
     MilpSolver().supports_region(inp)
-    loc = [_local(model, x, spec, domain, inp, deadline) for model in models]
+    loc = []
+    for model in models:  # the bounds of a large member may take the whole budget
+        if time.perf_counter() >= deadline:
+            return result(
+                AuditStatus.TIMEOUT, f"time limit while bounding the members ({model.label} next)"
+            )
+        loc.append(_local(model, x, spec, domain, inp, deadline))
 
     def recheck(found: Search) -> tuple[FloatArray, int, str] | None:
         flat = found.witness
