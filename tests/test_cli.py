@@ -624,3 +624,14 @@ def test_version():
     res = CliRunner().invoke(main, ["--version"])
     assert res.exit_code == 0
     assert res.output.strip() == f"verispec {importlib.metadata.version('verispec')}"
+
+
+def test_info_reads_onnx_models():
+    import pytest
+
+    onnx_file = BENCH / "test_sat.onnx"
+    if not onnx_file.is_file():
+        pytest.skip("VNN-COMP benchmarks not present")
+    res = CliRunner().invoke(main, ["info", str(onnx_file)])
+    assert res.exit_code == 0, res.output
+    assert "K (l2" in res.output and "dense" in res.output

@@ -1072,10 +1072,14 @@ def info(model: str, debug: bool) -> None:
         import numpy as np
 
         from verispec.engines.lipschitz import network_lipschitz
-        from verispec.modelfile import load_model
+        from verispec.modelfile import load_model, load_network
         from verispec.regions import Norm
 
-        network, meta = load_model(model)
+        meta: dict[str, Any] = {}
+        if str(model).lower().endswith(".onnx"):
+            network = load_network(model)
+        else:
+            network, meta = load_model(model)
         l2 = network_lipschitz(network, Norm.L2)
         linf = network_lipschitz(network, Norm.LINF)
         click.echo(f"{model}: input {network.input_shape}, {network.num_classes} classes")

@@ -1,7 +1,7 @@
 """Training-data augmentation: random integer translations of image batches.
 
 Shifting each image by a few pixels, with zero fill, changes the training data only, never what
-is certified. It is off by default: on the MNIST protocol of the README the 4C3F model
+is certified. It is off by default: on the MNIST protocol (docs/benchmarks.md) the 4C3F model
 underfits the robust objective, and shifts there raised clean accuracy but lowered VRA.
 """
 
