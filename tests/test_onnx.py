@@ -368,3 +368,23 @@ def test_exactness_checks_of_folds() -> None:
     big, small = np.array([1.0]), np.array([2.0**-60])
     assert not _exact_fma(big, big, small, big * big + small)  # the add rounds
     assert not _exact_mul(np.array([2.0**-600]), np.array([2.0**-600]), np.array([0.0]))
+
+
+def test_a_fresh_batchnorm_exported_by_torch_loads(tmp_path):
+    """torch's exporter writes Identity aliases of constants when a fresh BatchNorm's weight
+    equals its running variance (and bias its mean); they were refused as "off the main
+    path". The network must load and agree with torch in float64."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    path = tmp_path / "fresh_bn.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 4),), str(path), dynamo=False)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Identity" in ops  # the case this test is about
+    net = load_onnx(path)
+    x = np.random.default_rng(0).uniform(size=(5, 4))
+    with torch.no_grad():
+        want = model.double()(torch.from_numpy(x)).numpy()
+    assert np.allclose(net.forward64(x), want, rtol=1e-12, atol=1e-12)

@@ -313,6 +313,11 @@ def load_onnx(path: str | Path) -> Network:
             consts[node.output[0]] = np.asarray(numpy_helper.to_array(at.t), dtype=np.float64)
             _require_finite(where, graph, node.output[0], consts[node.output[0]])
             continue
+        if op == "Identity" and len(node.input) == 1 and node.input[0] in consts:
+            # an alias of a constant (torch's exporter writes one when two parameters of a
+            # layer are equal, e.g. a fresh BatchNorm's weight and running variance)
+            consts[node.output[0]] = consts[node.input[0]]
+            continue
         live = [name for name in node.input if name == chain]
         if not live:
             raise conv.fail(node, "the graph is not a single chain (node off the main path)")
