@@ -6,7 +6,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from verispec.regions import Ball, Box, Norm, Polytope
@@ -106,3 +106,22 @@ def test_box_membership_and_clip_are_exact():
     box = Box(np.array([0.0]), np.array([1.0]))
     assert box.contains(np.array([1.0])) and not box.contains(np.array([np.nextafter(1.0, 2)]))
     assert box.inside(np.array([1.5]))[0] == 1.0
+
+
+_EXTREME = st.sampled_from([0.0, 5e-324, -5e-324, 1e-310, 2.0**-1022, 1e-300, 0.5, 1e300])
+
+
+@given(
+    st.lists(st.tuples(_EXTREME, _EXTREME), min_size=1, max_size=4),
+    st.sampled_from([5e-324, 1e-310, 1e-300, 0.05, 1.0, 1e300]),
+    st.sampled_from([Norm.LINF, Norm.L2]),
+)
+@example([(0.0, 0.0), (5e-324, 0.0)], 0.05, Norm.L2)  # the soundness suite's crash
+def test_membership_is_exact_at_subnormal_and_huge_differences(pairs, eps, norm):
+    """Centres and points apart by subnormal or huge amounts, eps from 5e-324 to 1e300: the
+    exact test answers (a subnormal difference with eps 0.05 overflowed the l2 test's scaling
+    and crashed the projections engine) and agrees with rationals."""
+    c = np.array([p[0] for p in pairs])
+    x = np.array([p[1] for p in pairs])
+    exact = _exact_linf if norm is Norm.LINF else _exact_l2
+    assert Ball(c, eps, norm).contains(x) == exact(x, c, eps)

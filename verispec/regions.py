@@ -243,10 +243,10 @@ def _l2_within(x: FloatArray, c: FloatArray, eps: float) -> bool:
     if eps == 0.0:
         return False
     e = math.frexp(amax)[1]
+    if math.frexp(eps)[1] - e > 500:  # every |d_i| < 2^e: ||d|| < sqrt(n) 2^e, far below eps
+        return True  # (tested before scaling: eps 2^-e overflows for a subnormal amax)
     scaled_sq = float(np.sum(np.ldexp(d, -e) ** 2))
     scaled_eps = math.ldexp(eps, -e)
-    if scaled_eps > 2.0**500:  # every |d_i| < 2^e: ||d|| < sqrt(n) 2^e, far below eps
-        return True
     scaled_eps_sq = scaled_eps**2
     rel = 8 * (d.size + 4) * 2.0**-53 + 1e-12
     if scaled_sq * (1 + rel) < scaled_eps_sq * (1 - rel) and scaled_eps_sq > 2.0**-900:
