@@ -715,8 +715,9 @@ def hard_point_specs(
     eps = draw(hard_epsilons)
     if network is not None and point is not None and draw(st.booleans()):
         radius = linear_radius(network, point, spec.norm)
-        if 0.0 < radius < 1e300:
-            eps = radius * draw(st.sampled_from(RADIUS_FACTORS))
+        scaled = radius * draw(st.sampled_from(RADIUS_FACTORS))
+        if 0.0 < radius < 1e300 and 0.0 < scaled < 1e300:  # a subnormal radius * 0.5 is 0
+            eps = scaled
     return attrs.evolve(spec, eps=eps)
 
 
