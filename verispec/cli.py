@@ -8,7 +8,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import numpy as np
@@ -60,7 +60,7 @@ ENGINE_CHOICE = RegistryChoice("engine", _engine_names)
 SOLVER_CHOICE = RegistryChoice("solver", _solver_names)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(EXIT_BAD_INPUT)
 
@@ -1006,7 +1006,6 @@ def vnnlib(
         _fail(f"PROP is missing: give the VNN-LIB file to decide on {network}")
     if results is not None or timeout_scale is not None:
         _fail("--results and --timeout-scale go with --instances CSV")
-    assert network is not None and prop is not None
 
     def run() -> None:
         from verispec.api import solve_vnnlib
