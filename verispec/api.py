@@ -51,6 +51,14 @@ def describe(spec: Spec) -> str:
     return f"{type(spec).__name__}({spec.norm.value} eps={spec.eps:g}{extra})"
 
 
+def ball_of(spec: Spec) -> dict[str, Any]:
+    """The ``Report`` fields of a spec's ball: its norm name and eps (None for a safe
+    ordering, which has no ball)."""
+    if isinstance(spec, SafeOrdering):
+        return {"norm": None, "eps": None}
+    return {"norm": spec.norm.value, "eps": spec.eps}
+
+
 def points_of(
     network: Network | Ensemble, data: Dataset, limit: int | None = None
 ) -> tuple[FloatArray, np.ndarray, Box | None]:
@@ -164,6 +172,7 @@ def check(
         radii=tuple(radii),
         wall_time_s=time.perf_counter() - start + prior,
         indices=indices,
+        **ball_of(spec),
     )
 
 
@@ -244,6 +253,7 @@ def _check_ensemble(
         radii=tuple(radii),
         wall_time_s=time.perf_counter() - start + prior,
         indices=indices,
+        **ball_of(spec),
     )
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from verispec.errors import ExtraNotInstalledError, VerispecError
 from verispec.results import Report
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CURVE_POINTS = 200
 """Radii sampled along each curve (between 0 and the largest certified radius)."""
@@ -16,6 +20,16 @@ CURVE_POINTS = 200
 
 def plot_certified_accuracy(reports: Sequence[Report], path: str | Path) -> None:
     """Draw the curves of the reports that carry radii into a PNG at ``path``."""
+    fig = certified_accuracy_figure(reports)
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def certified_accuracy_figure(reports: Sequence[Report]) -> Figure:
+    """One panel per ball norm (l2, then l_inf), the x axis labelled with the norm, one
+    curve per report with radii, and a dotted mark at each report's eps."""
     try:
         import matplotlib
 
@@ -31,15 +45,42 @@ def plot_certified_accuracy(reports: Sequence[Report], path: str | Path) -> None
             "no report has certified radii to plot (exact solvers and safe-ordering "
             "properties decide without a radius)"
         )
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for report in with_radii:
-        xy = np.array(report.curve(CURVE_POINTS))
-        ax.plot(xy[:, 0], xy[:, 1], label=f"{report.property_name} ({report.engine})")
-    ax.set_xlabel("radius")
-    ax.set_ylabel("certified accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    panels = _by_norm(with_radii)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(6 * len(panels), 4), squeeze=False, sharey=True
+    )
+    for ax, (norm, reports_here) in zip(axes[0], panels.items(), strict=True):
+        for report in reports_here:
+            xy = np.array(report.curve(CURVE_POINTS))
+            (line,) = ax.plot(xy[:, 0], xy[:, 1], label=f"{report.property_name} ({report.engine})")
+            if report.eps is not None:
+                ax.axvline(report.eps, color=line.get_color(), linestyle=":", linewidth=1)
+                ax.annotate(
+                    f"eps {report.eps:g}",
+                    (report.eps, 0.02),
+                    color=line.get_color(),
+                    fontsize=7,
+                    rotation=90,
+                    ha="right",
+                    va="bottom",
+                )
+        ax.set_xlabel(AXIS_LABELS.get(norm, "radius"))
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("certified accuracy")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+AXIS_LABELS = {"l2": "l2 radius", "linf": "l_inf radius"}
+"""The x-axis label of each norm's panel (a report without a norm: "radius")."""
+
+
+def _by_norm(reports: Sequence[Report]) -> dict[str | None, list[Report]]:
+    """The reports grouped by ball norm, l2 first, in their order within a group."""
+    order = {"l2": 0, "linf": 1, None: 2}
+    groups: dict[str | None, list[Report]] = {}
+    for report in sorted(reports, key=lambda r: order.get(r.norm, 2)):
+        groups.setdefault(report.norm, []).append(report)
+    return groups

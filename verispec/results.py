@@ -13,6 +13,8 @@ JSON schema (``Report.to_json``), version ``verispec.report/1``::
       "spec": str,                   # a readable description of the spec
       "engine": str,
       "radii": [float, ...],         # radii of the certified-accuracy curve
+      "norm": "l2"|"linf"|null,      # the spec's ball norm (null without a ball)
+      "eps": float|null,             # the spec's ball radius (null without a ball)
       "summary": {"points": int, "clean_accuracy": float|null, "vra": float|null,
                   "counts": {"certified": int, ...}, "median_radius": float|null,
                   "certified_accuracy": [[radius, accuracy], ...],   # at "radii"
@@ -44,7 +46,7 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
-from verispec.regions import FloatArray
+from verispec.regions import FloatArray, Norm
 
 SCHEMA = "verispec.report/1"
 
@@ -570,6 +572,15 @@ def _columns(results: BatchResult | tuple[CheckResult, ...]) -> _Columns:
     )
 
 
+def _optional_norm(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and value not in NORM_NAMES:
+        raise ValueError(f"Report.{attribute.name} is {value!r}: want one of {NORM_NAMES} or None")
+
+
+NORM_NAMES = tuple(n.value for n in Norm)
+"""The ``Report.norm`` values: ``verispec.regions.Norm`` values."""
+
+
 @attrs.frozen(eq=False)
 class Report:
     """The results of one property over a set of points, with summary metrics.
@@ -585,6 +596,10 @@ class Report:
     wall_time_s: float = 0.0
     indices: tuple[int, ...] = attrs.field(default=(), converter=_ints)
     """Each result's point index in the data (empty: 0, 1, ... in order)."""
+    norm: str | None = attrs.field(default=None, validator=_optional_norm)
+    """The spec's ball norm ("l2" or "linf"; None for specs without a ball)."""
+    eps: float | None = attrs.field(default=None, converter=attrs.converters.optional(float))
+    """The spec's ball radius (None for specs without a ball)."""
 
     def __attrs_post_init__(self) -> None:
         if self.indices and len(self.indices) != len(self.results):
@@ -698,6 +713,8 @@ class Report:
             "spec": self.spec,
             "engine": self.engine,
             "radii": list(self.radii),
+            "norm": self.norm,
+            "eps": self.eps,
             "wall_time_s": self.wall_time_s,
             "summary": {
                 "points": self.points,
@@ -727,6 +744,8 @@ class Report:
             radii=tuple(d.get("radii", ())),
             wall_time_s=float(d.get("wall_time_s", 0.0)),
             indices=_read_indices(d["results"]),
+            norm=d.get("norm"),
+            eps=d.get("eps"),
         )
 
     def to_json(self) -> str:
