@@ -378,3 +378,64 @@ def test_vnncomp_test_benchmark_in_a_real_process(tmp_path: Path) -> None:
     assert rows[("test_sat.onnx", "test_prop.vnnlib")]["answer"] == "sat"
     assert rows[("test_unsat.onnx", "test_prop.vnnlib")]["answer"] == "unsat"
     assert all(r["answer"] in ("sat", "unsat") for r in rows.values()), rows
+
+
+def _batch(folder: Path, *extra: str) -> object:
+    csv_path = str(folder / "instances.csv")
+    return CliRunner().invoke(main, ["vnnlib", "--instances", csv_path, *extra])
+
+
+def test_a_killed_batch_resumes_from_its_run_log_to_the_same_results(folder: Path) -> None:
+    whole = _batch(folder, "--results", str(folder / "whole.csv"))
+    log = folder / "run.jsonl"
+    first = _batch(folder, "--jsonl", str(log))
+    lines = log.read_text().splitlines()
+    assert len(lines) == 5 and '"command":"vnnlib"' in lines[0]
+    # kill it after two instances, mid-way through the third line
+    log.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+    decided: list[int] = []
+    original = vnnbatch.solve_instance
+
+    def counting(instance, *args, **kwargs):  # type: ignore[no-untyped-def]
+        decided.append(instance.line)
+        return original(instance, *args, **kwargs)
+
+    vnnbatch.solve_instance = counting  # type: ignore[assignment]
+    try:
+        again = _batch(folder, "--jsonl", str(log), "--resume", "--results", str(folder / "r.csv"))
+    finally:
+        vnnbatch.solve_instance = original  # type: ignore[assignment]
+    assert decided == [4, 5]  # the CSV lines of the two instances the log lacked
+    answers = [line.split()[0] for line in again.stdout.splitlines()[:-1]]
+    assert answers == [line.split()[0] for line in whole.stdout.splitlines()[:-1]]
+    assert again.exit_code == first.exit_code == whole.exit_code == 1
+    assert len(log.read_text().splitlines()) == 5
+    got = [r[:3] for r in csv.reader((folder / "r.csv").read_text().splitlines())]
+    want = [r[:3] for r in csv.reader((folder / "whole.csv").read_text().splitlines())]
+    assert got == want
+
+
+def test_a_run_log_of_other_options_or_another_csv_is_refused(folder: Path) -> None:
+    log = folder / "run.jsonl"
+    _batch(folder, "--jsonl", str(log))
+    res = _batch(folder, "--jsonl", str(log), "--resume", "--solver", "smt")
+    assert res.exit_code == 2 and "another run" in res.output and "Traceback" not in res.output
+    (folder / "instances.csv").write_text("net.onnx,unsafe.vnnlib,30\n" * 4)
+    res = _batch(folder, "--jsonl", str(log), "--resume")
+    assert res.exit_code == 2 and "the CSV changed" in res.output, res.output
+
+
+def test_batch_only_flags_need_instances_and_resume_needs_jsonl(folder: Path) -> None:
+    net, prop = str(folder / "net.onnx"), str(folder / "safe.vnnlib")
+    res = CliRunner().invoke(main, ["vnnlib", net, prop, "--jsonl", str(folder / "l.jsonl")])
+    assert res.exit_code == 2 and "--instances" in res.output
+    res = _batch(folder, "--resume")
+    assert res.exit_code == 2 and "--jsonl" in res.output
+    res = _batch(folder, "--jsonl", str(folder / "no" / "l.jsonl"))
+    assert res.exit_code == 2 and "--jsonl" in res.output and "does not exist" in res.output
+
+
+def test_the_batch_progress_bar_is_on_stderr_only(folder: Path) -> None:
+    res = _batch(folder, "--progress")
+    assert "instances" in res.stderr and "inst" in res.stderr
+    assert all(LINE.match(x) or SUMMARY.match(x) for x in res.stdout.splitlines()), res.stdout

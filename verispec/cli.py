@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import attrs
 import click
 import numpy as np
 
@@ -962,6 +963,19 @@ def audit(
     default=None,
     help="also write the VNN-COMP result file here (error when the run fails)",
 )
+@click.option(
+    "--jsonl",
+    "jsonl_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="with --instances: stream one JSON line per instance as it is decided (a run log)",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="with --jsonl: keep the instances the run log holds, run only the others",
+)
+@_progress_options
 @click.option("--verbose", is_flag=True, help="print the solver's detail to stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
 @click.pass_context
@@ -975,6 +989,9 @@ def vnnlib(
     timeout: float,
     timeout_scale: float | None,
     out: str | None,
+    jsonl_path: str | None,
+    resume: bool,
+    progress: bool | None,
     verbose: bool,
     debug: bool,
 ) -> None:
@@ -996,16 +1013,14 @@ def vnnlib(
                 "--timeout is for one instance; --instances reads each instance's timeout "
                 "from the CSV (scale them with --timeout-scale)"
             )
-        csv_path = instances
-        sys.exit(
-            _guard(debug, lambda: _vnnlib_batch(csv_path, solver, results, timeout_scale, verbose))
-        )
+        batch = VnnBatch(instances, solver, results, timeout_scale, jsonl_path, resume, progress)
+        sys.exit(_guard(debug, lambda: _vnnlib_batch(batch, verbose)))
     if network is None:
         _fail("give NETWORK PROP (one instance) or --instances CSV (a benchmark's instances)")
     if prop is None:
         _fail(f"PROP is missing: give the VNN-LIB file to decide on {network}")
-    if results is not None or timeout_scale is not None:
-        _fail("--results and --timeout-scale go with --instances CSV")
+    if results is not None or timeout_scale is not None or jsonl_path is not None or resume:
+        _fail("--results, --timeout-scale, --jsonl and --resume go with --instances CSV")
 
     def run() -> None:
         from verispec.api import solve_vnnlib
@@ -1041,23 +1056,63 @@ def vnnlib_line(result: Any) -> str:
     return f"{result.answer:<7} {result.time_s:8.2f} s  {result.instance.name}"
 
 
-def _vnnlib_batch(
-    csv_path: str, solver: str, results: str | None, scale: float | None, verbose: bool
-) -> int:
+@attrs.frozen
+class VnnBatch:
+    """What ``vnnlib --instances`` was asked: the CSV, the solver, the output files, the
+    timeout scale, resuming, the progress mode."""
+
+    csv_path: str
+    solver: str
+    results: str | None
+    scale: float | None
+    jsonl_path: str | None
+    resume: bool
+    progress: bool | None
+
+
+def _vnnlib_batch(batch: VnnBatch, verbose: bool) -> int:
     """``vnnlib --instances``: the run's lines on stdout, the exit status (1 if an instance
     answered error)."""
     import time
 
-    from verispec.vnnbatch import run_instances, summary
+    from tqdm import tqdm
 
-    def show(result: Any) -> None:
-        click.echo(vnnlib_line(result))
-        if verbose and result.detail:
-            click.echo(f"  {result.detail}", err=True)
+    from verispec.vnnbatch import read_instances, run_instances, summary
 
+    _out_paths(results=batch.results, jsonl=batch.jsonl_path)
+    scale = 1.0 if batch.scale is None else batch.scale
+    total = len(read_instances(batch.csv_path, scale))
+    options = {"solver": batch.solver, "timeout_scale": scale}
+    log, state = _open_log(batch.jsonl_path, batch.resume, "vnnlib", Path(batch.csv_path), options)
     start = time.perf_counter()
-    done = run_instances(csv_path, solver, results, show, 1.0 if scale is None else scale)
-    click.echo(summary(done, time.perf_counter() - start))
+    try:
+        with _progress_bar(total, "instances", batch.progress, "inst") as tick:
+
+            def show(result: Any) -> None:
+                with tqdm.external_write_mode(file=sys.stdout):
+                    click.echo(vnnlib_line(result))
+                    if verbose and result.detail:
+                        click.echo(f"  {result.detail}", err=True)
+                tick(1)
+
+            def record(index: int, result: Any) -> None:
+                if log is not None:
+                    log.point("instances", index, result.record())
+
+            done = run_instances(
+                batch.csv_path,
+                batch.solver,
+                batch.results,
+                show,
+                scale,
+                done=state.done("instances"),
+                on_decided=record,
+            )
+    finally:
+        if log is not None:
+            log.close()
+    prior_s = sum(float(r["time_s"]) for r in state.done("instances").values())
+    click.echo(summary(done, time.perf_counter() - start + prior_s))
     return 1 if any(r.answer == "error" for r in done) else 0
 
 

@@ -15,9 +15,9 @@ import csv
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import attrs
 
@@ -89,6 +89,36 @@ class InstanceResult:
             f"{self.time_s:.3f}",
             self.detail,
         )
+
+    def record(self) -> dict[str, Any]:
+        """The result as a run-log record (the results-CSV fields, ``time_s`` a number)."""
+        return {
+            "onnx": self.instance.onnx,
+            "vnnlib": self.instance.vnnlib,
+            "answer": self.answer,
+            "time_s": self.time_s,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_record(cls, instance: Instance, record: Mapping[str, Any]) -> InstanceResult:
+        """The result a run log recorded for ``instance``; a record of another instance (the
+        CSV changed since) or with an unknown answer raises RunLogError."""
+        from verispec.runlog import RunLogError
+
+        if (record.get("onnx"), record.get("vnnlib")) != (instance.onnx, instance.vnnlib):
+            raise RunLogError(
+                f"the run log's instance {record.get('onnx')} {record.get('vnnlib')} is not "
+                f"line {instance.line} of the CSV ({instance.name}): the CSV changed since; "
+                "start a new run without --resume"
+            )
+        answer = record.get("answer")
+        time_s = record.get("time_s")
+        if answer not in ANSWERS or not isinstance(time_s, int | float):
+            raise RunLogError(
+                f"the run log's record of {instance.name} has no valid answer and time_s"
+            )
+        return cls(instance, str(answer), float(time_s), str(record.get("detail", "")))
 
     def text(self) -> str:
         """The VNN-COMP result file's text (``error`` when the instance failed)."""
@@ -212,21 +242,46 @@ def run_instances(
     results_path: str | Path | None = None,
     on_result: Callable[[InstanceResult], None] | None = None,
     timeout_scale: float = 1.0,
+    done: Mapping[int, Mapping[str, Any]] | None = None,
+    on_decided: Callable[[int, InstanceResult], None] | None = None,
 ) -> list[InstanceResult]:
     """Decide every instance of the VNN-COMP ``csv_path`` in order with ``solver``, in this
     process; each result goes to ``on_result`` and a row of ``results_path`` (a CSV with
     ``RESULT_COLUMNS``) as soon as it is known. The CSV is read and the results file opened
-    before the first instance runs, so bad paths fail at once."""
+    before the first instance runs, so bad paths fail at once.
+
+    ``done`` holds run-log records (``InstanceResult.record``) by instance index (0-based,
+    in CSV order) of instances decided before: they are not run again, and still go to the
+    results file and ``on_result``. ``on_decided(index, result)`` sees each instance this
+    call decides (a run log's writer)."""
     from verispec.solvers.base import solver_class
 
     solver_class(solver)  # an unknown solver fails before the run, not once per instance
     instances = read_instances(csv_path, timeout_scale)
+    known = done or {}
+    prior = {
+        i: InstanceResult.from_record(instances[i], r)
+        for i, r in known.items()
+        if i < len(instances)
+    }
+    if len(prior) != len(known):
+        from verispec.runlog import RunLogError
+
+        raise RunLogError(
+            f"the run log holds instance {max(known)}, but {csv_path} lists {len(instances)}: "
+            "the CSV changed since; start a new run without --resume"
+        )
     writer = ResultsWriter(results_path) if results_path is not None else None
     cache = NetworkCache()
     results: list[InstanceResult] = []
     try:
-        for instance in instances:
-            result = solve_instance(instance, solver, cache)
+        for index, instance in enumerate(instances):
+            if index in prior:
+                result = prior[index]
+            else:
+                result = solve_instance(instance, solver, cache)
+                if on_decided is not None:
+                    on_decided(index, result)
             results.append(result)
             if writer is not None:
                 writer.add(result)
