@@ -1,0 +1,328 @@
+"""Self-correcting networks: a layer on top of a classifier that enforces safe-ordering
+constraints at run time.
+
+Each constraint is a ``SafeOrdering`` whose postcondition is a DNF of orderings y_a > y_b. At
+an input x with logits y, a constraint is *active* when x lies in its precondition (and, with
+``predicted_in``, when a top class of y is in the set: a tie counts as in the set, so the
+constraint is enforced). For each row the layer
+
+1. returns y unchanged when y already satisfies every active constraint;
+2. otherwise picks one disjunct per active constraint so that the union of the chosen
+   orderings is acyclic, preferring a choice that y satisfies, then one that keeps the top
+   class of y on top, and returns y's values re-assigned along a linear extension of that
+   order (the order that stays closest to y's own ranking: at each step the class of highest
+   logit whose required predecessors are placed), made strictly decreasing along it (a value
+   tied with the one above it becomes the next float below);
+3. abstains when no choice is acyclic (the active constraints contradict each other), or y
+   is not finite.
+
+The output has one more column than y: the *abstain* logit. It lies strictly below every
+other logit when the layer answers and strictly above them when it abstains (the other
+columns are then y itself), so the argmax of an abstaining row is the abstain class
+(``Correction.abstained`` says the same). Its behaviour depends on y only through the
+comparisons between its entries (a weak ordering), which is what lets ``verify`` enumerate it.
+
+The choices per set of active constraints (the acyclic unions, deduplicated and reduced to
+the inclusion-minimal ones, their transitive closures) are computed once per set and cached;
+a batch runs a fixed number of tensor operations (and a loop over its distinct sets of active
+constraints, never over rows).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+import torch
+from torch import nn
+
+from verispec.errors import SpecError, UnsupportedError
+from verispec.network import Network
+from verispec.regions import Box, Polytope
+from verispec.specs import SafeOrdering
+
+MAX_CHOICES = 4096
+"""Disjunct combinations one set of active constraints may have (their product); more raises
+``UnsupportedError`` when the layer is built."""
+
+Edge = tuple[int, int]
+"""(a, b): y_a > y_b."""
+
+
+def ordering_disjuncts(constraint: SafeOrdering, where: str) -> tuple[frozenset[Edge], ...]:
+    """The postcondition's clauses as sets of orderings (a, b) meaning y_a > y_b. An atom
+    that is not a pure ordering (one +1, one -1, no offset) raises SpecError naming it."""
+    out = []
+    for k, clause in enumerate(constraint.postcondition.clauses):
+        edges = set()
+        for row, (coeffs, offset) in enumerate(zip(clause.C, clause.d, strict=True)):
+            plus, minus = np.flatnonzero(coeffs == 1.0), np.flatnonzero(coeffs == -1.0)
+            if offset != 0 or len(plus) != 1 or len(minus) != 1 or np.count_nonzero(coeffs) != 2:
+                raise SpecError(
+                    f"{where}: clause {k}, atom {row} is not an ordering y_a > y_b; a "
+                    "self-correcting layer enforces orderings only"
+                )
+            edges.add((int(plus[0]), int(minus[0])))
+        out.append(frozenset(edges))
+    return tuple(out)
+
+
+def transitive_closure(adj: np.ndarray) -> np.ndarray:
+    """The transitive closure of a boolean adjacency matrix (n, n) (Warshall)."""
+    reach = adj.copy()
+    for k in range(reach.shape[0]):
+        reach |= reach[:, k : k + 1] & reach[k : k + 1, :]
+    return reach
+
+
+@attrs.frozen(eq=False)
+class Choices:
+    """For one set of active constraints: the transitive closures (u, n, n) of the acyclic
+    inclusion-minimal unions of one disjunct per constraint (none: the set contradicts)."""
+
+    closures: np.ndarray
+
+    @classmethod
+    def of(cls, disjuncts: Sequence[tuple[frozenset[Edge], ...]], n: int) -> Choices:
+        unions: dict[bytes, np.ndarray] = {}
+        for combo in itertools.product(*disjuncts):
+            adj = np.zeros((n, n), dtype=bool)
+            for edges in combo:
+                for a, b in edges:
+                    adj[a, b] = True
+            reach = transitive_closure(adj)
+            if not reach.diagonal().any():
+                unions.setdefault(reach.tobytes(), reach)
+        graphs = list(unions.values())
+        minimal = [
+            g
+            for i, g in enumerate(graphs)
+            if not any(
+                j != i and np.all(h <= g) and not np.all(h == g) for j, h in enumerate(graphs)
+            )
+        ]
+        closures = np.stack(minimal) if minimal else np.zeros((0, n, n), dtype=bool)
+        return cls(closures)
+
+
+@attrs.frozen(eq=False)
+class Correction:
+    """The layer's answer for a batch: ``logits`` (b, m + 1) with the abstain logit last,
+    ``changed`` (b,): the first m columns differ from y, ``abstained`` (b,)."""
+
+    logits: torch.Tensor
+    changed: torch.Tensor
+    abstained: torch.Tensor
+
+
+class _Preconditions(nn.Module):
+    """The constraints' preconditions on x, evaluated as a batch in float64: a box exactly;
+    a polytope conservatively (a point within the rounding error of A x of the boundary
+    counts as inside, so every point of the region is), and its optional box exactly."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+    def __init__(self, constraints: Sequence[SafeOrdering], dims: int) -> None:
+        super().__init__()
+        lo = np.full((len(constraints), dims), -np.inf)
+        hi = np.full((len(constraints), dims), np.inf)
+        self.polytopes: list[tuple[int, str]] = []
+        for c, constraint in enumerate(constraints):
+            region = constraint.precondition
+            box = region if isinstance(region, Box) else region.box
+            if box is not None:
+                lo[c], hi[c] = box.lo.ravel(), box.hi.ravel()
+            if isinstance(region, Polytope):
+                A = np.asarray(region.A, dtype=np.float64)
+                self.register_buffer(f"A{c}", torch.from_numpy(A.copy()))
+                self.register_buffer(f"absA{c}", torch.from_numpy(np.abs(A)))
+                self.register_buffer(f"b{c}", torch.from_numpy(np.array(region.b, dtype=np.float64)))
+                self.polytopes.append((c, str(c)))
+        self.register_buffer("lo", torch.from_numpy(lo))
+        self.register_buffer("hi", torch.from_numpy(hi))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, d) -> (b, c) boolean: x in each precondition."""
+        x64 = x.to(torch.float64)
+        inside = ((x64[:, None, :] >= self.lo) & (x64[:, None, :] <= self.hi)).all(dim=2)
+        for c, key in self.polytopes:
+            A, absA, b = (getattr(self, name + key) for name in ("A", "absA", "b"))
+            value = x64 @ A.T
+            d = A.shape[1]
+            slack = (d + 2) * 2.0**-53 * 1.01 * (x64.abs() @ absA.T) + 2.0**-1020
+            inside[:, c] &= (value - slack <= b).all(dim=1)
+        return inside
+
+
+class SelfCorrecting(nn.Module):
+    """``network`` (a verispec ``Network`` or a torch module) followed by the self-correcting
+    layer for ``constraints``. ``forward(x)`` returns (b, m + 1) logits, the abstain logit
+    last; ``correct(x)`` also says which rows changed or abstained."""
+
+    def __init__(
+        self,
+        network: Network | nn.Module,
+        constraints: Sequence[SafeOrdering],
+        input_shape: tuple[int, ...] | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.dtype: torch.dtype | None = None
+        """The input dtype the network needs (float64 for a verispec Network; else None)."""
+        if isinstance(network, Network):
+            self.network: nn.Module = network.module(torch.float64)
+            self.dtype = torch.float64
+            input_shape, num_classes = network.input_shape, network.num_classes
+        else:
+            self.network = network
+        if not constraints:
+            raise SpecError("SelfCorrecting needs at least one constraint")
+        if num_classes is None:
+            num_classes = constraints[0].num_classes
+        if input_shape is None:
+            raise SpecError("SelfCorrecting on a torch module needs its input_shape")
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.num_classes = int(num_classes)
+        self.constraints = tuple(constraints)
+        dims = math.prod(self.input_shape)
+        for c, constraint in enumerate(self.constraints):
+            constraint.validate_for(self.num_classes)
+            region = constraint.precondition
+            size = region.lo.size if isinstance(region, Box) else region.A.shape[1]
+            if size != dims:
+                raise SpecError(
+                    f"constraint {c}: its precondition has {size} coordinates, the network's "
+                    f"input {dims}"
+                )
+        self.disjuncts = tuple(
+            ordering_disjuncts(c, f"constraint {k}") for k, c in enumerate(self.constraints)
+        )
+        combos = math.prod(len(d) for d in self.disjuncts)
+        if combos > MAX_CHOICES:
+            raise UnsupportedError(
+                f"the constraints have {combos} disjunct combinations (more than "
+                f"{MAX_CHOICES}): split them, or give fewer disjuncts per constraint"
+            )
+        pred = np.zeros((len(self.constraints), self.num_classes), dtype=bool)
+        gated = np.zeros(len(self.constraints), dtype=bool)
+        for c, constraint in enumerate(self.constraints):
+            if constraint.predicted_in is not None:
+                gated[c] = True
+                pred[c, sorted(constraint.predicted_in)] = True
+            else:
+                pred[c] = True
+        self.register_buffer("predicted_in", torch.from_numpy(pred))
+        self.register_buffer("gated", torch.from_numpy(gated))
+        self.register_buffer("bits", torch.tensor([1 << c for c in range(len(constraints))]))
+        self.preconditions = _Preconditions(self.constraints, dims)
+        self._choices: dict[int, Choices] = {}
+
+    def choices(self, mask: int) -> Choices:
+        """The choices for the active constraints named by the bits of ``mask`` (cached)."""
+        if mask not in self._choices:
+            active = [d for c, d in enumerate(self.disjuncts) if mask >> c & 1]
+            self._choices[mask] = Choices.of(active, self.num_classes)
+        return self._choices[mask]
+
+    def active(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(b, c) boolean: each constraint's precondition holds at (x, y)."""
+        inside = self.preconditions(x.reshape(x.shape[0], -1))
+        top = y == y.max(dim=1, keepdim=True).values
+        predicted = (top[:, None, :] & self.predicted_in[None]).any(dim=2)
+        return inside & (predicted | ~self.gated[None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.correct(x).logits
+
+    def correct(self, x: torch.Tensor) -> Correction:
+        """The corrected logits of a batch of inputs, with the changed and abstained rows."""
+        if self.dtype is not None:
+            x = x.to(self.dtype)
+        return self.revise(x, self.network(x))
+
+    def revise(self, x: torch.Tensor, y: torch.Tensor) -> Correction:
+        """The layer on given logits ``y`` (b, m) at inputs ``x`` (b, *input_shape)."""
+        return self.revise_masked(self.active(x, y), y)
+
+    def revise_masked(self, active: torch.Tensor, y: torch.Tensor) -> Correction:
+        """The layer on logits ``y`` (b, m) with the active constraints given (b, c)."""
+        b, n = y.shape
+        masks = (active.long() * self.bits[None]).sum(dim=1)
+        finite = torch.isfinite(y).all(dim=1)
+        unique, inverse = torch.unique(masks, return_inverse=True)
+        tables = [self.choices(int(m)).closures for m in unique.tolist()]
+        width = max(1, max(t.shape[0] for t in tables))
+        table = np.zeros((len(tables), width, n, n), dtype=bool)
+        real = np.zeros((len(tables), width), dtype=bool)
+        for k, t in enumerate(tables):
+            table[k, : t.shape[0]] = t
+            real[k, : t.shape[0]] = True
+        closures = torch.from_numpy(table).to(y.device)[inverse]  # (b, u, n, n)
+        valid = torch.from_numpy(real).to(y.device)[inverse] & finite[:, None]
+        above = y[:, :, None] > y[:, None, :]  # (b, n, n): y_a > y_c
+        satisfied = (~closures | above[:, None]).all(dim=(2, 3))
+        rank = _ranks(y)
+        top = torch.argmin(rank, dim=1)
+        keeps_top = ~closures[torch.arange(b), :, :, top].any(dim=2)
+        score = torch.where(valid, 1 + keeps_top.long() + 2 * satisfied.long(), 0)
+        best = torch.argmax(score, dim=1)
+        rows = torch.arange(b, device=y.device)
+        abstained = score[rows, best] == 0
+        unchanged = satisfied[rows, best] & ~abstained
+        graph = closures[rows, best]  # (b, n, n): graph[a, c] means a must be above c
+        order = _linear_extension(graph, rank)
+        values = _strictly_decreasing(torch.sort(y, dim=1, descending=True).values)
+        moved = torch.empty_like(y).scatter(1, order, values)
+        # a guard, not a rule: the order is a linear extension of the graph and the values
+        # strictly decrease along it, so this only fails where a value overflowed
+        ok = torch.isfinite(moved).all(dim=1) & (
+            ~graph | (moved[:, :, None] > moved[:, None, :])
+        ).all(dim=(1, 2))
+        abstained = abstained | (~unchanged & ~ok)
+        keep = (unchanged | abstained)[:, None]
+        logits = torch.where(keep, y, moved)
+        low, high = logits.min(dim=1).values, logits.max(dim=1).values
+        extra = torch.where(abstained, high + (1 + high.abs()), low - (1 + low.abs()))
+        extra = torch.where(finite, extra, torch.full_like(extra, math.inf))
+        out = torch.cat([logits, extra[:, None]], dim=1)
+        changed = (logits != y).any(dim=1) & ~abstained
+        return Correction(out, changed, abstained)
+
+
+def _ranks(y: torch.Tensor) -> torch.Tensor:
+    """(b, n) position of each class in y's ranking: descending logits, ties to the lower
+    class index."""
+    order = torch.sort(y, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    positions = torch.arange(y.shape[1], device=y.device).expand_as(order)
+    return rank.scatter_(1, order, positions)
+
+
+def _linear_extension(graph: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """(b, n) classes in order: at each step the placed-predecessors class of lowest rank."""
+    b, n = rank.shape
+    placed = torch.zeros((b, n), dtype=torch.bool, device=rank.device)
+    order = torch.empty((b, n), dtype=torch.long, device=rank.device)
+    rows = torch.arange(b, device=rank.device)
+    for k in range(n):
+        blocked = (graph & ~placed[:, :, None]).any(dim=1)  # some unplaced class must be above
+        free = ~placed & ~blocked
+        pick = torch.argmin(torch.where(free, rank, n), dim=1)
+        order[:, k] = pick
+        placed[rows, pick] = True
+    return order
+
+
+def _strictly_decreasing(values: torch.Tensor) -> torch.Tensor:
+    """Sorted (descending) rows made strictly decreasing: a value not below the one before it
+    becomes the next float below that one."""
+    cols = [values[:, 0]]
+    for k in range(1, values.shape[1]):
+        last = cols[-1]
+        step = (last - torch.nextafter(last, torch.full_like(last, -math.inf))).detach()
+        cols.append(torch.minimum(values[:, k], last - step))  # last - step: exact, and has a
+    return torch.stack(cols, dim=1)  # gradient (nextafter has none)
