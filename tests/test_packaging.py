@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the layers below it. "api" is the package's front (verispec/__init__, api, audit, spec files
 # and the VNN-COMP batch runner, which build engine configs); "core" is everything else at
 # verispec's top level.
-LAYERS = ("cli", "api", "ensembles", "train", "engines", "solvers", "core")
+LAYERS = ("cli", "api", "ensembles", "selfcorrect", "train", "engines", "solvers", "core")
 
 
 def _module_name(path: Path) -> str:
@@ -31,7 +31,7 @@ def _layer(module: str) -> str | None:
         return None
     if len(parts) == 1 or parts[1] in ("api", "audit", "specfile", "vnnbatch"):
         return "api"
-    if parts[1] in ("cli", "ensembles", "engines", "solvers", "train"):
+    if parts[1] in ("cli", "ensembles", "engines", "selfcorrect", "solvers", "train"):
         return parts[1]
     return "core"
 

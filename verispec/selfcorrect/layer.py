@@ -119,9 +119,9 @@ class Correction:
 
 
 class _Preconditions(nn.Module):
-    """The constraints' preconditions on x, evaluated as a batch in float64: a box exactly;
-    a polytope conservatively (a point within the rounding error of A x of the boundary
-    counts as inside, so every point of the region is), and its optional box exactly."""
+    """The constraints' preconditions on x, decided exactly for a batch: a box by float64
+    comparisons; a polytope by float64 A x with a bound on its rounding error, and the rare
+    points within that bound of the boundary in rational arithmetic (``Polytope.contains``)."""
 
     lo: torch.Tensor
     hi: torch.Tensor
@@ -131,6 +131,7 @@ class _Preconditions(nn.Module):
         lo = np.full((len(constraints), dims), -np.inf)
         hi = np.full((len(constraints), dims), np.inf)
         self.polytopes: list[tuple[int, str]] = []
+        self.regions = [c.precondition for c in constraints]
         for c, constraint in enumerate(constraints):
             region = constraint.precondition
             box = region if isinstance(region, Box) else region.box
@@ -140,13 +141,15 @@ class _Preconditions(nn.Module):
                 A = np.asarray(region.A, dtype=np.float64)
                 self.register_buffer(f"A{c}", torch.from_numpy(A.copy()))
                 self.register_buffer(f"absA{c}", torch.from_numpy(np.abs(A)))
-                self.register_buffer(f"b{c}", torch.from_numpy(np.array(region.b, dtype=np.float64)))
+                self.register_buffer(
+                    f"b{c}", torch.from_numpy(np.array(region.b, dtype=np.float64))
+                )
                 self.polytopes.append((c, str(c)))
         self.register_buffer("lo", torch.from_numpy(lo))
         self.register_buffer("hi", torch.from_numpy(hi))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, d) -> (b, c) boolean: x in each precondition."""
+        """(b, d) -> (b, c) boolean: x in each precondition, decided exactly."""
         x64 = x.to(torch.float64)
         inside = ((x64[:, None, :] >= self.lo) & (x64[:, None, :] <= self.hi)).all(dim=2)
         for c, key in self.polytopes:
@@ -154,7 +157,13 @@ class _Preconditions(nn.Module):
             value = x64 @ A.T
             d = A.shape[1]
             slack = (d + 2) * 2.0**-53 * 1.01 * (x64.abs() @ absA.T) + 2.0**-1020
-            inside[:, c] &= (value - slack <= b).all(dim=1)
+            sure_in = (value + slack <= b).all(dim=1)
+            sure_out = (value - slack > b).any(dim=1)
+            unsure = torch.nonzero(inside[:, c] & ~sure_in & ~sure_out).flatten().tolist()
+            inside[:, c] &= sure_in
+            region = self.regions[c]
+            for i in unsure:  # within rounding of the boundary: rational arithmetic decides
+                inside[i, c] = region.contains(x64[i].cpu().numpy())
         return inside
 
 
@@ -173,9 +182,12 @@ class SelfCorrecting(nn.Module):
         super().__init__()
         self.dtype: torch.dtype | None = None
         """The input dtype the network needs (float64 for a verispec Network; else None)."""
+        self.ir: Network | None = None
+        """The verispec network (what ``verify`` needs), when built from one."""
         if isinstance(network, Network):
             self.network: nn.Module = network.module(torch.float64)
             self.dtype = torch.float64
+            self.ir = network
             input_shape, num_classes = network.input_shape, network.num_classes
         else:
             self.network = network
@@ -230,7 +242,11 @@ class SelfCorrecting(nn.Module):
 
     def active(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(b, c) boolean: each constraint's precondition holds at (x, y)."""
-        inside = self.preconditions(x.reshape(x.shape[0], -1))
+        return self.gate(self.preconditions(x.reshape(x.shape[0], -1)), y)
+
+    def gate(self, inside: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(b, c) active constraints from ``inside`` (b, c), x in each precondition's region,
+        and the logits: a constraint with ``predicted_in`` needs a top class of y in its set."""
         top = y == y.max(dim=1, keepdim=True).values
         predicted = (top[:, None, :] & self.predicted_in[None]).any(dim=2)
         return inside & (predicted | ~self.gated[None])

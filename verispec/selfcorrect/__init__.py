@@ -1,0 +1,13 @@
+"""Self-correcting networks: the run-time layer (``layer``) and the proof that a corrected
+network satisfies a safe ordering (``verify``)."""
+
+from verispec.selfcorrect.layer import Correction, SelfCorrecting, ordering_disjuncts
+from verispec.selfcorrect.verify import verify_corrected, weak_orderings
+
+__all__ = [
+    "Correction",
+    "SelfCorrecting",
+    "ordering_disjuncts",
+    "verify_corrected",
+    "weak_orderings",
+]
