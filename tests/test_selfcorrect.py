@@ -50,9 +50,9 @@ def _logits(draw, n: int, rows: int) -> np.ndarray:
     return np.array(out)
 
 
-def _layer(n: int, sets) -> SelfCorrecting:
+def _layer(n: int, sets, top: str = "max") -> SelfCorrecting:
     net = Network([Dense(np.zeros((n, DIMS)), np.zeros(n))], (DIMS,))
-    return SelfCorrecting(net, [_ordering(d, n) for d in sets])
+    return SelfCorrecting(net, [_ordering(d, n) for d in sets], top=top)
 
 
 def _holds(sets, mask, z) -> bool:
@@ -79,7 +79,9 @@ def test_the_layer_matches_brute_force_over_all_permutations(data):
             )
         )
     )
-    layer = _layer(n, sets)
+    top_is = data.draw(st.sampled_from(["max", "min"]))
+    sign = 1.0 if top_is == "max" else -1.0  # sign * scores: the prediction is the argmax
+    layer = _layer(n, sets, top_is)
     yt = torch.from_numpy(y)
     got = layer.revise_masked(torch.from_numpy(masks), yt)
     out = got.logits.numpy()
@@ -89,12 +91,12 @@ def test_the_layer_matches_brute_force_over_all_permutations(data):
         good = [z for z in perms if _holds(sets, masks[r], z)]
         abstained = bool(got.abstained[r])
         assert abstained == (not good), (y[r], masks[r])
-        assert (np.argmax(out[r]) == n) == abstained  # the abstain logit is the top iff
+        assert (np.argmax(sign * out[r]) == n) == abstained  # the abstain score is the top iff
         if abstained:
             assert np.array_equal(out[r, :n], y[r])
             continue
         z = out[r, :n]
-        assert out[r, n] < z.min()
+        assert sign * out[r, n] < (sign * z).min()
         assert _holds(sets, masks[r], z), (y[r], z)
         if _holds(sets, masks[r], y[r]):
             assert np.array_equal(z, y[r]) and not got.changed[r]
@@ -103,9 +105,9 @@ def test_the_layer_matches_brute_force_over_all_permutations(data):
             # a permutation of y's values, except that values made strictly decreasing move
             # by a few ulps at most
             assert np.allclose(np.sort(z), np.sort(y[r]), rtol=1e-12, atol=0)
-        top = int(np.argmax(y[r]))
-        if any(int(np.argmax(g)) == top for g in good):
-            assert int(np.argmax(z)) == top
+        top = int(np.argmax(sign * y[r]))
+        if any(int(np.argmax(sign * g)) == top for g in good):
+            assert int(np.argmax(sign * z)) == top
         # batched results equal row-by-row results
         alone = layer.revise_masked(torch.from_numpy(masks[r : r + 1]), yt[r : r + 1])
         assert torch.equal(alone.logits[0], got.logits[r])

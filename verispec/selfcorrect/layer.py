@@ -178,8 +178,16 @@ class SelfCorrecting(nn.Module):
         constraints: Sequence[SafeOrdering],
         input_shape: tuple[int, ...] | None = None,
         num_classes: int | None = None,
+        top: str = "max",
     ) -> None:
         super().__init__()
+        if top not in ("max", "min"):
+            raise SpecError(f"SelfCorrecting top must be 'max' or 'min', got {top!r}")
+        self.top = top
+        """Which score is the prediction: "max" (logits) or "min" (costs, as in ACAS Xu,
+        where the advisory is the minimal score). With "min" the layer keeps the minimal
+        score's class, and the abstain logit is the minimum when it abstains."""
+        self.sign = 1.0 if top == "max" else -1.0
         self.dtype: torch.dtype | None = None
         """The input dtype the network needs (float64 for a verispec Network; else None)."""
         self.ir: Network | None = None
@@ -213,6 +221,10 @@ class SelfCorrecting(nn.Module):
         self.disjuncts = tuple(
             ordering_disjuncts(c, f"constraint {k}") for k, c in enumerate(self.constraints)
         )
+        if top == "min":  # work on -y, where y_a > y_b reads (-y)_b > (-y)_a
+            self.disjuncts = tuple(
+                tuple(frozenset((b, a) for a, b in d) for d in ds) for ds in self.disjuncts
+            )
         combos = math.prod(len(d) for d in self.disjuncts)
         if combos > MAX_CHOICES:
             raise UnsupportedError(
@@ -246,8 +258,10 @@ class SelfCorrecting(nn.Module):
 
     def gate(self, inside: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(b, c) active constraints from ``inside`` (b, c), x in each precondition's region,
-        and the logits: a constraint with ``predicted_in`` needs a top class of y in its set."""
-        top = y == y.max(dim=1, keepdim=True).values
+        and the logits: a constraint with ``predicted_in`` needs a predicted class of y (a top
+        score; with ``top="min"`` a minimal one) in its set."""
+        score = y * self.sign
+        top = score == score.max(dim=1, keepdim=True).values
         predicted = (top[:, None, :] & self.predicted_in[None]).any(dim=2)
         return inside & (predicted | ~self.gated[None])
 
@@ -266,6 +280,12 @@ class SelfCorrecting(nn.Module):
 
     def revise_masked(self, active: torch.Tensor, y: torch.Tensor) -> Correction:
         """The layer on logits ``y`` (b, m) with the active constraints given (b, c)."""
+        if self.sign < 0:
+            flipped = self._revise(active, -y)
+            return attrs.evolve(flipped, logits=-flipped.logits)
+        return self._revise(active, y)
+
+    def _revise(self, active: torch.Tensor, y: torch.Tensor) -> Correction:
         b, n = y.shape
         masks = (active.long() * self.bits[None]).sum(dim=1)
         finite = torch.isfinite(y).all(dim=1)

@@ -182,6 +182,11 @@ def verify_corrected(
         )
     prop.validate_for(layer.num_classes)
     ordering_disjuncts(prop, "the property")
+    if layer.top == "min" and prop.predicted_in is not None:
+        raise UnsupportedError(
+            "a property with predicted_in names argmax classes, but this layer predicts the "
+            "minimal score (top='min'): state the property without predicted_in"
+        )
     n = layer.num_classes
     if n > MAX_CLASSES:
         raise UnsupportedError(
