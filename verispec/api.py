@@ -15,11 +15,12 @@ from verispec.audit import AuditReport, Violation, ViolationKind
 from verispec.data import Dataset
 from verispec.engines.base import Engine, EngineBase, engine_class
 from verispec.ensembles import AuditStatus, Ensemble, EnsembleAudit, EnsemblePointAudit
-from verispec.errors import DataError, SpecError
+from verispec.errors import DataError, SpecError, UnsupportedError
 from verispec.modelfile import load_network
 from verispec.network import Network
 from verispec.regions import Box, FloatArray
 from verispec.results import BatchResult, CheckResult, Report, Verdict
+from verispec.selfcorrect import SelfCorrecting, sampled_corrections, verify_corrected
 from verispec.specs import LocalRobustness, SafeOrdering, Spec
 from verispec.vnnlib import VnnlibSpec, parse_vnnlib, result_text, safe_property
 
@@ -102,7 +103,7 @@ OnResult = Callable[[int, CheckResult], None]
 
 
 def check(
-    model: Network | Ensemble | str | Path,
+    model: Network | Ensemble | SelfCorrecting | str | Path,
     spec: Spec,
     data: Dataset | None = None,
     engine: Engine | str | None = None,
@@ -121,6 +122,9 @@ def check(
 
     ``engine`` defaults to ``"lipschitz"``. An ``Ensemble`` as the model is checked with its
     members' engines (give no ``engine``); the Report names ``ensemble.name`` as its engine.
+    A ``SelfCorrecting`` model (a network with its self-correcting layer) is checked on safe
+    orderings by an exact engine (``"milp"``, ``"smt"``): ``verify_corrected`` proves or
+    refutes the corrected network.
 
     ``points``: the indices (among the first ``limit``) to check, in ascending order; all by
     default. ``done``: results already known by index (a run log being resumed): chunks made
@@ -136,6 +140,8 @@ def check(
         return _check_ensemble(
             model, spec, data, limit, name, radii, progress, points, done, on_result
         )
+    if isinstance(model, SelfCorrecting):
+        return _check_corrected(model, spec, engine, name, radii, progress)
     network = as_network(model)
     if engine is None:
         engine = "lipschitz"
@@ -172,6 +178,51 @@ def check(
         radii=tuple(radii),
         wall_time_s=time.perf_counter() - start + prior,
         indices=indices,
+        **ball_of(spec),
+    )
+
+
+def _check_corrected(
+    model: SelfCorrecting,
+    spec: Spec,
+    engine: Engine | str | None,
+    name: str,
+    radii: Sequence[float],
+    progress: Callable[[int], None] | None,
+) -> Report:
+    """``check`` on a self-corrected network: a safe ordering, by an exact engine."""
+    from verispec.engines.exact import ExactEngine
+
+    eng: Engine = engine_class(engine or "milp")() if isinstance(engine, str | None) else engine
+    if not isinstance(spec, SafeOrdering):
+        raise UnsupportedError(
+            f"{describe(spec)} on a self-corrected network: only safe-ordering properties are "
+            "checked on the corrected network (check point properties on the plain model)"
+        )
+    if not isinstance(eng, ExactEngine):
+        raise UnsupportedError(
+            f"the {eng.name} engine cannot check a self-corrected network: use an exact "
+            "engine (milp or smt), which proves the corrected network or refutes it"
+        )
+    start = time.perf_counter()
+    result = verify_corrected(model, spec, eng.solver_name, config=eng.config)
+    points, changed, abstained = sampled_corrections(model, spec.precondition)
+    if points:
+        result = attrs.evolve(
+            result,
+            detail=f"{result.detail}; on {points} uniform samples of the region the layer "
+            f"changed {changed} outputs and abstained on {abstained}",
+        )
+    if progress is not None:
+        progress(1)
+    return Report(
+        property_name=name or describe(spec),
+        spec=describe(spec) + ", self-corrected",
+        engine=result.engine,
+        results=(result,),
+        radii=tuple(radii),
+        wall_time_s=time.perf_counter() - start,
+        indices=(0,),
         **ball_of(spec),
     )
 

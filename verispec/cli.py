@@ -114,6 +114,10 @@ ENSEMBLE_DETAIL_POINTS = 3
 """Points whose ensemble details (which member answered, the votes) a table shows."""
 
 
+WITNESS_SHOWN = 10
+"""Values of a global property's counterexample the table shows (all are in --json)."""
+
+
 def report_table(report: Any, ensemble: Any = None) -> str:
     """The human summary of one property's report (``ensemble``: the ensemble it ran on)."""
     counts = report.counts
@@ -127,6 +131,11 @@ def report_table(report: Any, ensemble: Any = None) -> str:
         ]
         if result.detail:
             rows.append(("detail", result.detail))
+        if result.counterexample is not None:
+            flat = np.asarray(result.counterexample).ravel()
+            shown = ", ".join(f"{v:.9g}" for v in flat[:WITNESS_SHOWN])
+            more = f", ... ({flat.size} values; all in --json)" if flat.size > WITNESS_SHOWN else ""
+            rows.append(("witness", f"[{shown}{more}]"))
         rows += _ensemble_rows(ensemble, report, details=False)
         return f"{report.property_name}\n{_table(rows)}"
     rows = [

@@ -29,6 +29,18 @@ Format (paths are relative to the spec file)::
     #   lo/hi (numbers or lists of the input size), or center = "data:INDEX" and radius
     #   (an l_inf box around a data point, clipped to the domain), optionally A/b for a polytope.
 
+A self-correcting layer on the model (``verispec/selfcorrect``) enforces safe orderings at
+run time; a property with ``corrected = true`` is checked on the corrected model (safe
+orderings, by an exact engine)::
+
+    [self_correct]
+    top = "max"                   # the prediction is the max score (logits) | "min" (costs)
+
+    [[self_correct.constraints]]  # one per constraint: the keys of a safe_ordering property
+    name = "prop2"                # optional
+    postcondition = [["y1 > y0"], ["y2 > y0"]]
+    precondition = { lo = [...], hi = [...] }
+
 An ensemble of certified classifiers replaces the top-level ``model`` (and the file's
 ``[engine]``: members carry their engines); its properties are local robustness::
 
@@ -74,6 +86,7 @@ from verispec.modelfile import load_network
 from verispec.network import Network
 from verispec.properties import Clause, Predicate
 from verispec.regions import Box, Norm, Polytope
+from verispec.selfcorrect import SelfCorrecting
 from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, SafeOrdering, Spec
 
 _ATOM = re.compile(r"^\s*y(\d+)\s*>\s*y(\d+)\s*$")
@@ -91,6 +104,8 @@ class NamedSpec:
     network: Network | None = None
     engine_name: str | None = None
     engine_config: Any = None
+    corrected: bool = False
+    """Checked on the file's self-corrected model (``[self_correct]``)."""
 
 
 @attrs.frozen(eq=False)
@@ -153,13 +168,18 @@ class SpecFile:
     radii: tuple[float, ...]
     properties: tuple[NamedSpec, ...]
     ensemble: EnsembleSpec | None = None
+    corrected: SelfCorrecting | None = None
+    """The model with the ``[self_correct]`` layer on top, when the file has one."""
 
     def make_engine(self) -> Any:
         """A fresh engine instance configured as the file says."""
         return engine_class(self.engine_name)(self.engine_config)
 
-    def model_of(self, prop: NamedSpec) -> Network | Ensemble:
-        """What ``prop`` is checked on: its own model, else the file's ensemble or model."""
+    def model_of(self, prop: NamedSpec) -> Network | Ensemble | SelfCorrecting:
+        """What ``prop`` is checked on: its own model, the corrected model, else the file's
+        ensemble or model."""
+        if prop.corrected and self.corrected is not None:
+            return self.corrected
         if prop.network is not None:
             return prop.network
         if self.ensemble is not None:
@@ -274,6 +294,13 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
 
     data, domain, file_limit = _data(top, base)
     _fits(file, data, shape_of, "key 'model'" if network is not None else "[ensemble]")
+    corrected = None
+    if top.has("self_correct"):
+        if network is None:
+            raise top.error(
+                "self_correct", "is given with an [ensemble]: correct a single model (key 'model')"
+            )
+        corrected = _self_correct(top, network, data, domain)
     engine_name, engine_config = _engine(top)
     radii: tuple[float, ...] = ()
     report = top.table("report")
@@ -304,8 +331,29 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
                 key = None if isinstance(named.spec, LocalRobustness) else "kind"
                 raise t.error(key, f"on the [ensemble]: {err}") from None
         own_engine = _engine(t) if t.has("engine") else (None, None)
+        on_corrected = t.get("corrected", bool, False)
+        if on_corrected and corrected is None:
+            raise t.error("corrected", "needs a [self_correct] table (the layer to check)")
+        if on_corrected and own is not None:
+            raise t.error(
+                "corrected",
+                "is given with the property's own model: the "
+                "[self_correct] layer sits on the file's model; remove one",
+            )
+        if on_corrected and not isinstance(named.spec, SafeOrdering):
+            raise t.error(
+                "corrected",
+                "works with safe_ordering properties only (check point "
+                "properties on the plain model)",
+            )
         props.append(
-            attrs.evolve(named, network=own, engine_name=own_engine[0], engine_config=own_engine[1])
+            attrs.evolve(
+                named,
+                network=own,
+                engine_name=own_engine[0],
+                engine_config=own_engine[1],
+                corrected=on_corrected,
+            )
         )
         t.finish()
     top.finish()
@@ -326,7 +374,34 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
         radii,
         tuple(props),
         ensemble,
+        corrected,
     )
+
+
+def _self_correct(
+    top: _Table, network: Network, data: Dataset | None, domain: tuple[float, float] | None
+) -> SelfCorrecting:
+    """The ``[self_correct]`` table: the layer on ``network``."""
+    t = top.table("self_correct", required=True)
+    if t is None:  # required=True raised already
+        raise top.error("self_correct", "is required")
+    mode = t.get("top", str, "max")
+    if mode not in ("max", "min"):
+        raise t.error("top", f"must be 'max' or 'min', got {mode!r}")
+    raw = t.get("constraints", list, required=True)
+    if not raw:
+        raise t.error("constraints", "lists no constraint")
+    constraints = []
+    for i, rc in enumerate(raw):
+        c = _Table(t.file, f"{t.where}.constraints[{i}]", rc)
+        c.get("name", str, "")
+        constraints.append(_safe_ordering(c, network, data, domain))
+        c.finish()
+    t.finish()
+    try:
+        return SelfCorrecting(network, constraints, top=mode)
+    except (SpecError, UnsupportedError) as err:
+        raise t.error("constraints", str(err)) from None
 
 
 def _fits(file: Path, data: Dataset | None, network: Network, model: str) -> None:

@@ -2,12 +2,13 @@
 network satisfies a safe ordering (``verify``)."""
 
 from verispec.selfcorrect.layer import Correction, SelfCorrecting, ordering_disjuncts
-from verispec.selfcorrect.verify import verify_corrected, weak_orderings
+from verispec.selfcorrect.verify import sampled_corrections, verify_corrected, weak_orderings
 
 __all__ = [
     "Correction",
     "SelfCorrecting",
     "ordering_disjuncts",
+    "sampled_corrections",
     "verify_corrected",
     "weak_orderings",
 ]

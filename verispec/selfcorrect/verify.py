@@ -284,3 +284,27 @@ def corrected_failure(layer: SelfCorrecting, prop: SafeOrdering, x: np.ndarray) 
     if not prop.as_property().predicate.holds(z)[0]:
         return f"the corrected logits {np.array2string(z[0], precision=6)} break the property"
     return None
+
+
+SAMPLES = 10_000
+"""Uniform samples of a property's region on which ``sampled_corrections`` counts the
+layer's changes and abstentions."""
+
+
+def sampled_corrections(
+    layer: SelfCorrecting, region: Box | Polytope, samples: int = SAMPLES, seed: int = 0
+) -> tuple[int, int, int]:
+    """(points, changed, abstained): the layer's answers on ``samples`` seeded uniform points
+    of ``region``'s box (a polytope: those of its box inside it; none without a box)."""
+    box = region if isinstance(region, Box) else region.box
+    if box is None or samples == 0:
+        return 0, 0, 0
+    rng = np.random.default_rng(seed)
+    xs = rng.uniform(box.lo.ravel(), box.hi.ravel(), (samples, box.lo.size))
+    if isinstance(region, Polytope):
+        xs = xs[[region.contains(x) for x in xs]]
+    if not len(xs):
+        return 0, 0, 0
+    with torch.no_grad():
+        got = layer.correct(torch.from_numpy(xs.reshape(len(xs), *layer.input_shape)))
+    return len(xs), int(got.changed.sum()), int(got.abstained.sum())
