@@ -286,6 +286,23 @@ class SelfCorrecting(nn.Module):
         return self._revise(active, y)
 
     def _revise(self, active: torch.Tensor, y: torch.Tensor) -> Correction:
+        """Rows with no active constraint (and finite logits) pass through; the others go to
+        ``_revise_rows``."""
+        busy = active.any(dim=1) | ~torch.isfinite(y).all(dim=1)
+        if bool(busy.all()):
+            return self._revise_rows(active, y)
+        low = y.min(dim=1).values
+        out = torch.cat([y, (low - (1 + low.abs()))[:, None]], dim=1)
+        changed = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+        abstained = torch.zeros_like(changed)
+        rows = torch.nonzero(busy).flatten()
+        if len(rows):
+            part = self._revise_rows(active[rows], y[rows])
+            out = out.index_copy(0, rows, part.logits)
+            changed[rows], abstained[rows] = part.changed, part.abstained
+        return Correction(out, changed, abstained)
+
+    def _revise_rows(self, active: torch.Tensor, y: torch.Tensor) -> Correction:
         b, n = y.shape
         masks = (active.long() * self.bits[None]).sum(dim=1)
         finite = torch.isfinite(y).all(dim=1)
