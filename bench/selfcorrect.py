@@ -177,7 +177,7 @@ def overhead(
     for batch in (1, 500, 10_000):
         for name, box in (("domain", DOMAIN), ("prop 2 region", props[2].precondition)):
             x = torch.from_numpy(rng.uniform(box.lo, box.hi, (batch, 5))).float().to(device)
-            calls = max(1, 2_000 // batch)
+            calls = max(2, 500 // batch)
 
             def run(
                 f: Callable[[torch.Tensor], object], x: torch.Tensor = x, calls: int = calls
