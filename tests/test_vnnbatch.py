@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from verispec import vnnbatch
 from verispec.cli import main
@@ -380,7 +381,7 @@ def test_vnncomp_test_benchmark_in_a_real_process(tmp_path: Path) -> None:
     assert all(r["answer"] in ("sat", "unsat") for r in rows.values()), rows
 
 
-def _batch(folder: Path, *extra: str) -> object:
+def _batch(folder: Path, *extra: str) -> Result:
     csv_path = str(folder / "instances.csv")
     return CliRunner().invoke(main, ["vnnlib", "--instances", csv_path, *extra])
 
@@ -396,15 +397,15 @@ def test_a_killed_batch_resumes_from_its_run_log_to_the_same_results(folder: Pat
     decided: list[int] = []
     original = vnnbatch.solve_instance
 
-    def counting(instance, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def counting(instance: vnnbatch.Instance, *args: Any, **kwargs: Any) -> InstanceResult:
         decided.append(instance.line)
         return original(instance, *args, **kwargs)
 
-    vnnbatch.solve_instance = counting  # type: ignore[assignment]
+    vnnbatch.solve_instance = counting
     try:
         again = _batch(folder, "--jsonl", str(log), "--resume", "--results", str(folder / "r.csv"))
     finally:
-        vnnbatch.solve_instance = original  # type: ignore[assignment]
+        vnnbatch.solve_instance = original
     assert decided == [4, 5]  # the CSV lines of the two instances the log lacked
     answers = [line.split()[0] for line in again.stdout.splitlines()[:-1]]
     assert answers == [line.split()[0] for line in whole.stdout.splitlines()[:-1]]

@@ -801,6 +801,7 @@ def audit(
         )
         from verispec.ensembles import Ensemble, EnsembleAudit
         from verispec.errors import DataError, SpecFileError, UnsupportedError
+        from verispec.selfcorrect import SelfCorrecting
         from verispec.solvers.base import SolverConfig, solver_class
         from verispec.specfile import load_specfile
         from verispec.specs import LocalRobustness, SafeOrdering
@@ -846,6 +847,11 @@ def audit(
 
                 try:
                     model = sf.model_of(prop)
+                    if isinstance(model, SelfCorrecting):
+                        raise UnsupportedError(
+                            "a corrected property has no fast engine to audit: it is proved "
+                            "by the exact solvers (verispec check --engine milp)"
+                        )
                     if not isinstance(prop.spec, SafeOrdering) and sf.data is None:
                         raise DataError(f"property {name!r} is audited at data points: give [data]")
                     total = _point_count(sf, prop, chosen)

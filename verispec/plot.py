@@ -64,7 +64,7 @@ def certified_accuracy_figure(reports: Sequence[Report]) -> Figure:
                     ha="right",
                     va="bottom",
                 )
-        ax.set_xlabel(AXIS_LABELS.get(norm, "radius"))
+        ax.set_xlabel(AXIS_LABELS.get(norm or "", "radius"))
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

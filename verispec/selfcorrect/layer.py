@@ -172,6 +172,10 @@ class SelfCorrecting(nn.Module):
     layer for ``constraints``. ``forward(x)`` returns (b, m + 1) logits, the abstain logit
     last; ``correct(x)`` also says which rows changed or abstained."""
 
+    predicted_in: torch.Tensor
+    gated: torch.Tensor
+    bits: torch.Tensor
+
     def __init__(
         self,
         network: Network | nn.Module,

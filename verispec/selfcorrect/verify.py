@@ -63,8 +63,11 @@ def weak_orderings(n: int) -> np.ndarray:
 
 def _intersect(regions: Sequence[Box | Polytope]) -> Box | Polytope | None:
     """The intersection of boxes and polytopes (None when the boxes alone are disjoint)."""
-    boxes = [r if isinstance(r, Box) else r.box for r in regions]
-    boxes = [b for b in boxes if b is not None]
+    boxes: list[Box] = []
+    for r in regions:
+        b = r if isinstance(r, Box) else r.box
+        if b is not None:
+            boxes.append(b)
     box = None
     if boxes:
         lo = np.max([b.lo.ravel() for b in boxes], axis=0)
