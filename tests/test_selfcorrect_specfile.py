@@ -100,3 +100,29 @@ def test_corrected_point_properties_are_refused(tmp_path):
     path.write_text(text.replace("[engine]", '[data]\nsource = "sklearn:digits"\n\n[engine]'))
     with pytest.raises(SpecFileError):
         load_specfile(path)
+
+
+BENCH = ROOT.parent / "shared" / "benchmarks" / "vnncomp2021" / "acasxu"
+needs_acas = pytest.mark.skipif(not BENCH.is_dir(), reason=f"no ACAS Xu benchmark at {BENCH}")
+
+
+@needs_acas
+def test_vnnlib_decides_the_corrected_network():
+    net, prop = str(BENCH / "ACASXU_run2a_2_3_batch_2000.onnx"), str(BENCH / "prop_2.vnnlib")
+    plain = CliRunner().invoke(main, ["vnnlib", net, prop])
+    assert plain.exit_code == 0 and plain.stdout.startswith("sat"), plain.output
+    rules = ["--correct-with", prop, "--correct-with", str(BENCH / "prop_3.vnnlib")]
+    fixed = CliRunner().invoke(main, ["vnnlib", net, prop, *rules, "--top", "min"])
+    assert fixed.exit_code == 0 and fixed.stdout.strip() == "unsat", fixed.output
+
+
+@needs_acas
+def test_vnnlib_refuses_a_non_ordering_constraint_and_batches():
+    net, prop = str(BENCH / "ACASXU_run2a_2_3_batch_2000.onnx"), str(BENCH / "prop_2.vnnlib")
+    bound = str(BENCH / "prop_1.vnnlib")
+    res = CliRunner().invoke(main, ["vnnlib", net, prop, "--correct-with", bound])
+    assert res.exit_code == 2 and "prop_1.vnnlib" in res.output and "ordering" in res.output
+    assert "Traceback" not in res.output
+    csv_path = str(BENCH / "acasxu_instances.csv")
+    res = CliRunner().invoke(main, ["vnnlib", "--instances", csv_path, "--correct-with", prop])
+    assert res.exit_code == 2 and "one instance" in res.output

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from verispec.audit import AuditReport, Violation, ViolationKind
@@ -505,22 +506,34 @@ def solve_vnnlib(
     solver: str = "milp",
     timeout: float = 116.0,
     config: SolverConfig | None = None,
+    correct_with: Sequence[str | Path] = (),
+    top: str = "max",
 ) -> VnnlibAnswer:
     """Decide a VNN-COMP instance: every input box of the file must keep f(x) out of its unsafe
     set. ``sat`` as soon as one box has a counterexample. ``timeout`` counts everything: the
-    ONNX load, the VNN-LIB parse and the solve."""
+    ONNX load, the VNN-LIB parse and the solve.
+
+    ``correct_with``: VNN-LIB files whose safe sets (orderings) a self-correcting layer on
+    the network enforces (``top``: "max" or "min", the score that is the prediction); the
+    instance is then decided on the corrected network."""
     from verispec.errors import VerispecError
     from verispec.onnx import load_onnx
+    from verispec.selfcorrect import vnnlib_constraints
 
     start = time.perf_counter()
     network = load_onnx(onnx_path)
+    corrected = None
+    if correct_with:
+        shape, m = network.input_shape, network.num_classes
+        rules = [c for path in correct_with for c in vnnlib_constraints(path, shape, m)]
+        corrected = SelfCorrecting(network, rules, top=top)
     try:
         spec = parse_vnnlib_within(vnnlib_path, network, start + timeout)
     except VerispecError as err:
         if time.perf_counter() < start + timeout:
             raise
         return VnnlibAnswer("timeout", time.perf_counter() - start, f"parsing the file: {err}")
-    return decide_vnnlib(network, spec, solver, timeout, config, start)
+    return decide_vnnlib(network, spec, solver, timeout, config, start, corrected)
 
 
 def parse_vnnlib_within(path: str | Path, network: Network, deadline: float) -> VnnlibSpec:
@@ -536,10 +549,13 @@ def decide_vnnlib(
     timeout: float = 116.0,
     config: SolverConfig | None = None,
     start: float | None = None,
+    corrected: SelfCorrecting | None = None,
 ) -> VnnlibAnswer:
     """Decide a parsed VNN-LIB ``spec`` on ``network`` within ``timeout`` seconds from
     ``start`` (a ``time.perf_counter`` value; now by default), box by box. ``timeout`` is only
-    answered once that time has passed; a solver that gives up earlier answers ``unknown``."""
+    answered once that time has passed; a solver that gives up earlier answers ``unknown``.
+    With ``corrected`` (the network with a self-correcting layer) the corrected network is
+    decided (``verify_corrected``), and a witness's outputs are the corrected logits."""
     from verispec.solvers.base import DEADLINE_SLACK, SolverConfig, solver_class
 
     if start is None:
@@ -552,9 +568,18 @@ def decide_vnnlib(
         left = deadline - time.perf_counter()
         if left <= 0:
             return VnnlibAnswer("timeout", time.perf_counter() - start, f"box {i}: no time left")
-        res = exact.solve(network, safe_property(spec, shaped), left)
+        safe = safe_property(spec, shaped)
+        if corrected is None:
+            res = exact.solve(network, safe, left)
+        else:
+            rule = SafeOrdering(shaped, safe.predicate)
+            res = verify_corrected(corrected, rule, solver, left, exact.config)
         if res.verdict is Verdict.FALSIFIED and res.counterexample is not None:
             y = network.forward64(res.counterexample[None])[0]
+            if corrected is not None:
+                x = res.counterexample.reshape(1, *network.input_shape)
+                out = corrected.revise(torch.from_numpy(x), torch.from_numpy(y[None]))
+                y = out.logits[0, : network.num_classes].numpy()
             return VnnlibAnswer(
                 "sat",
                 time.perf_counter() - start,

@@ -991,6 +991,21 @@ def audit(
     help="with --jsonl: keep the instances the run log holds, run only the others",
 )
 @_progress_options
+@click.option(
+    "--correct-with",
+    "correct_with",
+    type=click.Path(dir_okay=False),
+    multiple=True,
+    help="decide the network with a self-correcting layer enforcing this VNN-LIB file's "
+    "safe set (orderings; repeat for several)",
+)
+@click.option(
+    "--top",
+    type=click.Choice(["max", "min"]),
+    default="max",
+    show_default=True,
+    help="with --correct-with: the score that is the prediction (min: costs, as ACAS Xu)",
+)
 @click.option("--verbose", is_flag=True, help="print the solver's detail to stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
 @click.pass_context
@@ -1007,6 +1022,8 @@ def vnnlib(
     jsonl_path: str | None,
     resume: bool,
     progress: bool | None,
+    correct_with: tuple[str, ...],
+    top: str,
     verbose: bool,
     debug: bool,
 ) -> None:
@@ -1021,6 +1038,8 @@ def vnnlib(
         explicit = ctx.get_parameter_source("timeout") is click.core.ParameterSource.COMMANDLINE
         if network is not None:
             _fail("give either NETWORK PROP or --instances CSV, not both")
+        if correct_with:
+            _fail("--correct-with decides one instance: give NETWORK PROP, not --instances")
         if out is not None:
             _fail("--out writes one instance's result file; with --instances use --results")
         if explicit:
@@ -1041,7 +1060,9 @@ def vnnlib(
         from verispec.api import solve_vnnlib
 
         try:
-            answer = solve_vnnlib(network, prop, solver, timeout)
+            answer = solve_vnnlib(
+                network, prop, solver, timeout, correct_with=correct_with, top=top
+            )
         except Exception:
             if out:
                 _write_error_result(out)

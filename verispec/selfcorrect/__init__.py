@@ -2,7 +2,12 @@
 network satisfies a safe ordering (``verify``)."""
 
 from verispec.selfcorrect.layer import Correction, SelfCorrecting, ordering_disjuncts
-from verispec.selfcorrect.verify import sampled_corrections, verify_corrected, weak_orderings
+from verispec.selfcorrect.verify import (
+    sampled_corrections,
+    verify_corrected,
+    vnnlib_constraints,
+    weak_orderings,
+)
 
 __all__ = [
     "Correction",
@@ -10,5 +15,6 @@ __all__ = [
     "ordering_disjuncts",
     "sampled_corrections",
     "verify_corrected",
+    "vnnlib_constraints",
     "weak_orderings",
 ]

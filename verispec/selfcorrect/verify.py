@@ -25,8 +25,10 @@ Abstaining counts as a violation: the corrected network *answers and* satisfies 
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +40,7 @@ from verispec.results import CheckResult, Verdict
 from verispec.selfcorrect.layer import SelfCorrecting, ordering_disjuncts
 from verispec.solvers.base import SolverConfig, solver_class
 from verispec.specs import SafeOrdering
+from verispec.vnnlib import parse_vnnlib, safe_property
 
 MAX_CLASSES = 7
 """The most logits ``verify_corrected`` enumerates the weak orderings of (47,293 at 7)."""
@@ -311,3 +314,18 @@ def sampled_corrections(
     with torch.no_grad():
         got = layer.correct(torch.from_numpy(xs.reshape(len(xs), *layer.input_shape)))
     return len(xs), int(got.changed.sum()), int(got.abstained.sum())
+
+
+def vnnlib_constraints(
+    path: str | Path, input_shape: tuple[int, ...], classes: int
+) -> list[SafeOrdering]:
+    """The safe orderings a VNN-LIB file states (its unsafe set negated), one per input box.
+    A file whose safe set is not a DNF of orderings raises SpecError naming it."""
+    spec = parse_vnnlib(path, math.prod(input_shape), classes)
+    out = []
+    for box in spec.boxes:
+        shaped = Box(box.lo.reshape(input_shape), box.hi.reshape(input_shape))
+        ordering = SafeOrdering(shaped, safe_property(spec, shaped).predicate)
+        ordering_disjuncts(ordering, str(path))
+        out.append(ordering)
+    return out
