@@ -236,3 +236,81 @@ def test_other_point_specs_and_safe_ordering():
 
 def test_registered():
     assert engine_class("projections") is ProjectionsEngine
+
+
+def test_regression_the_gram_route_with_a_tiny_head():
+    """Found by the slow profile: conv (4 inputs, 2 first-layer neurons: the Gram route), then
+    BatchNorm and a 1e-171 head. J G J^T squared the 1e-171 Jacobian rows to 0, every boundary
+    looked out of reach, and the point was certified although an attack flips it."""
+    from verispec.network import BatchNorm, Conv2d, Dense, Flatten, ReLU
+
+    net = Network(
+        [
+            Conv2d(
+                np.array(
+                    [
+                        [
+                            [
+                                [-0.3258955763058448, -0.08735864616288858],
+                                [0.8318619956955984, 0.3295738749161275],
+                            ]
+                        ],
+                        [
+                            [
+                                [-0.8206986472923233, -0.0026016320859659887],
+                                [-0.3117318704941967, 0.07431576162601317],
+                            ]
+                        ],
+                    ]
+                ),
+                np.array([-0.1608187784186389, 0.024177187687685134]),
+                (1, 1),
+                (0, 0),
+            ),
+            ReLU(),
+            Flatten(),
+            BatchNorm(
+                np.array([0.7497006881301395, 1.4959663698075154]),
+                np.array([-0.4929016584965423, 0.03536471262292806]),
+            ),
+            Dense(
+                np.array(
+                    [
+                        [-6.227111246550656e-171, -4.640635816190053e-171],
+                        [-4.751861377506478e-171, 2.6883428526241993e-171],
+                    ]
+                ),
+                np.zeros(2),
+            ),
+        ],
+        (1, 2, 2),
+    )
+    x = np.array(
+        [[0.5495936876730595, 0.027559113243068367], [0.7535131086748066, 0.5381433132192782]]
+    )[None, None]
+    res = ProjectionsEngine().check(net, LocalRobustness(0.05, Norm.L2), x[0][None])[0]
+    assert res.verdict is not Verdict.CERTIFIED, res.detail
+
+
+@settings(deadline=None, max_examples=10)
+@given(st.integers(0, 2**16), st.sampled_from([1e-171, 1e-250, 1e-300]))
+def test_the_gram_route_is_sound_with_tiny_heads(seed, scale):
+    """More inputs than first-layer neurons (the Gram route) and heads whose squares
+    underflow: the verdicts survive the attacks."""
+    from verispec.network import Dense, ReLU
+
+    rng = np.random.default_rng(seed)
+    d, h = 6, 3
+    net = Network(
+        [
+            Dense(rng.normal(size=(h, d)), rng.normal(size=h) * 0.3),
+            ReLU(),
+            Dense(rng.normal(size=(2, h)) * scale, np.zeros(2)),
+        ],
+        (d,),
+    )
+    xs = rng.uniform(0, 1, (8, d))
+    problems = soundness_problems(
+        ProjectionsEngine(), net, LocalRobustness(0.3, Norm.L2), xs, Box.uniform(0, 1, (d,))
+    )
+    assert not problems, "\n".join(problems)

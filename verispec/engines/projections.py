@@ -279,9 +279,20 @@ class _Explorer:
         if self.l2:
             if self.gram:
                 G, gabs = self.low.gram()
-                q = ((J @ G) * J).sum(-1)
-                jj = (J * J).sum(-1)
-                norm = torch.sqrt(q.clamp_min(0.0) + REL_MARGIN * jj * gabs)
+                # rows rescaled by a power of two first: J G J^T squares J's entries, and
+                # squares of entries such as 1e-171 underflow to 0 (every boundary would look
+                # out of reach); entries the rescaling flushes are below 2^-1022 of the row's
+                # largest, covered by the absolute term
+                amax = J.abs().amax(dim=-1, keepdim=True)
+                exps = torch.frexp(torch.where(amax > 0, amax, 1.0)).exponent
+                scale = torch.ldexp(torch.ones_like(amax), exps)
+                Js = J / scale
+                q = ((Js @ G) * Js).sum(-1)
+                jj = (Js * Js).sum(-1)
+                floor = J.shape[-1] ** 0.5 * 2.0**-1022 * gabs**0.5
+                norm = (torch.sqrt(q.clamp_min(0.0) + REL_MARGIN * jj * gabs) + floor) * scale[
+                    ..., 0
+                ]
             else:
                 norm = safe_row_norm(J)
             return self.eps[tidx][:, None] * norm * (1 + REL_MARGIN)
