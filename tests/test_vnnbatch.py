@@ -236,6 +236,8 @@ def test_an_answer_past_the_time_limit_is_marked_late(
     line = vnnbatch.summary([late, fine])
     assert SUMMARY.match(line) and "2 solved" in line and ", 1 past their time limit," in line
     assert "past" not in vnnbatch.summary([fine])
+    stopped = InstanceResult(late.instance, "timeout", 0.25)  # a timeout comes after the limit
+    assert not stopped.late and "past" not in vnnbatch.summary([stopped, fine])
 
 
 def test_time_spent_parsing_counts_against_the_instance(

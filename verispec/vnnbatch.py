@@ -76,9 +76,10 @@ class InstanceResult:
 
     @property
     def late(self) -> bool:
-        """Whether the answer came after the instance's time limit (the competition would
-        count it as a timeout)."""
-        return self.time_s > self.instance.timeout
+        """Whether the instance was solved (sat or unsat) only after its time limit: the
+        competition would count it as a timeout. (A ``timeout`` answer comes after the limit
+        by definition; it is not late.)"""
+        return self.solved and self.time_s > self.instance.timeout
 
     def row(self) -> tuple[str, str, str, str, str]:
         """The result as a results-CSV row (``RESULT_COLUMNS``)."""
