@@ -248,6 +248,7 @@ class SelfCorrecting(nn.Module):
         self.register_buffer("bits", torch.tensor([1 << c for c in range(len(constraints))]))
         self.preconditions = _Preconditions(self.constraints, dims)
         self._choices: dict[int, Choices] = {}
+        self._tables: dict[tuple[int, str], torch.Tensor] = {}
 
     def choices(self, mask: int) -> Choices:
         """The choices for the active constraints named by the bits of ``mask`` (cached)."""
@@ -255,6 +256,13 @@ class SelfCorrecting(nn.Module):
             active = [d for c, d in enumerate(self.disjuncts) if mask >> c & 1]
             self._choices[mask] = Choices.of(active, self.num_classes)
         return self._choices[mask]
+
+    def _table(self, mask: int, device: torch.device) -> torch.Tensor:
+        """``choices(mask).closures`` as a tensor on ``device`` (cached)."""
+        key = (mask, str(device))
+        if key not in self._tables:
+            self._tables[key] = torch.from_numpy(self.choices(mask).closures).to(device)
+        return self._tables[key]
 
     def active(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(b, c) boolean: each constraint's precondition holds at (x, y)."""
@@ -311,15 +319,22 @@ class SelfCorrecting(nn.Module):
         masks = (active.long() * self.bits[None]).sum(dim=1)
         finite = torch.isfinite(y).all(dim=1)
         unique, inverse = torch.unique(masks, return_inverse=True)
-        tables = [self.choices(int(m)).closures for m in unique.tolist()]
-        width = max(1, max(t.shape[0] for t in tables))
-        table = np.zeros((len(tables), width, n, n), dtype=bool)
-        real = np.zeros((len(tables), width), dtype=bool)
-        for k, t in enumerate(tables):
-            table[k, : t.shape[0]] = t
-            real[k, : t.shape[0]] = True
-        closures = torch.from_numpy(table).to(y.device)[inverse]  # (b, u, n, n)
-        valid = torch.from_numpy(real).to(y.device)[inverse] & finite[:, None]
+        tables = [self._table(int(m), y.device) for m in unique.tolist()]
+        if len(tables) == 1:  # one set of active constraints: no padding, no gather
+            closures = tables[0][None].expand(b, -1, -1, -1)  # (b, u, n, n)
+            real = torch.ones((b, closures.shape[1]), dtype=torch.bool, device=y.device)
+        else:
+            width = max(t.shape[0] for t in tables)
+            table = torch.zeros((len(tables), width, n, n), dtype=torch.bool, device=y.device)
+            padded = torch.zeros((len(tables), width), dtype=torch.bool, device=y.device)
+            for k, t in enumerate(tables):
+                table[k, : t.shape[0]] = t
+                padded[k, : t.shape[0]] = True
+            closures, real = table[inverse], padded[inverse]
+        if closures.shape[1] == 0:  # every row's constraints contradict: a dummy choice
+            closures = torch.zeros((b, 1, n, n), dtype=torch.bool, device=y.device)
+            real = torch.zeros((b, 1), dtype=torch.bool, device=y.device)
+        valid = real & finite[:, None]
         above = y[:, :, None] > y[:, None, :]  # (b, n, n): y_a > y_c
         satisfied = (~closures | above[:, None]).all(dim=(2, 3))
         rank = _ranks(y)
