@@ -10,9 +10,8 @@ constraint is enforced). For each row the layer
 2. otherwise picks one disjunct per active constraint so that the union of the chosen
    orderings is acyclic, preferring a choice that y satisfies, then one that keeps the top
    class of y on top, and returns y's values re-assigned along a linear extension of that
-   order (the order that stays closest to y's own ranking: at each step the class of highest
-   logit whose required predecessors are placed), made strictly decreasing along it (a value
-   tied with the one above it becomes the next float below);
+   order close to y's own ranking (``_linear_extension``), made strictly decreasing along it
+   (a value tied with the one above it becomes the next float below);
 3. abstains when no choice is acyclic (the active constraints contradict each other), or y
    is not finite.
 
@@ -375,18 +374,19 @@ def _ranks(y: torch.Tensor) -> torch.Tensor:
 
 
 def _linear_extension(graph: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
-    """(b, n) classes in order: at each step the placed-predecessors class of lowest rank."""
-    b, n = rank.shape
-    placed = torch.zeros((b, n), dtype=torch.bool, device=rank.device)
-    order = torch.empty((b, n), dtype=torch.long, device=rank.device)
-    rows = torch.arange(b, device=rank.device)
-    for k in range(n):
-        blocked = (graph & ~placed[:, :, None]).any(dim=1)  # some unplaced class must be above
-        free = ~placed & ~blocked
-        pick = torch.argmin(torch.where(free, rank, n), dim=1)
-        order[:, k] = pick
-        placed[rows, pick] = True
-    return order
+    """(b, n) classes in an order that is a linear extension of each row's ``graph`` (a
+    transitive closure: graph[a, j] means a must be above j), close to ``rank``: sorted by
+    the worst rank among the class and the classes required above it, then by how many are
+    required above it, then by its own rank. A class required above j sorts before j: its
+    worst rank is at most j's, and when equal it has fewer classes above it (the closure is
+    acyclic). A class with nothing required above it keeps its rank as its key, so y's top
+    class stays first whenever nothing is required above it."""
+    n = rank.shape[1]
+    above = torch.where(graph, rank[:, :, None], -1)  # (b, a, j): rank of a if a above j
+    worst = torch.maximum(above.amax(dim=1), rank)
+    count = graph.sum(dim=1)
+    key = (worst * (n + 1) + count) * n + rank
+    return torch.argsort(key, dim=1)
 
 
 def _strictly_decreasing(values: torch.Tensor) -> torch.Tensor:
