@@ -331,7 +331,7 @@ def load_specfile(path: str | Path, limit: int | None = None) -> SpecFile:
                 key = None if isinstance(named.spec, LocalRobustness) else "kind"
                 raise t.error(key, f"on the [ensemble]: {err}") from None
         own_engine = _engine(t) if t.has("engine") else (None, None)
-        on_corrected = t.get("corrected", bool, False)
+        on_corrected = t.has("corrected") and t.get("corrected", bool, False)
         if on_corrected and corrected is None:
             raise t.error("corrected", "needs a [self_correct] table (the layer to check)")
         if on_corrected and own is not None:
