@@ -289,16 +289,26 @@ def test_a_parse_stopped_by_its_deadline_answers_timeout(
 
 def test_a_long_parse_is_stopped_at_the_instance_deadline(folder: Path) -> None:
     """The real parser, given the instance's deadline, stops a file that takes long to read:
-    ``timeout`` soon after the limit (reading the whole file takes seconds), in both modes."""
+    ``timeout`` after the limit, with the parse stopped part-way (the line it reached is in
+    the detail; a machine's speed changes which line, not that it stops), in both modes."""
     from verispec.api import solve_vnnlib
 
+    lines = 100_000
     big = folder / "big.vnnlib"
-    big.write_text(PROP.format(lo0=0.6, hi0=1) + "(assert (<= X_0 1))\n" * 100_000)
+    big.write_text(PROP.format(lo0=0.6, hi0=1) + "(assert (<= X_0 1))\n" * lines)
+
+    def stopped_at(detail: str) -> int:
+        match = re.search(r"at line (\d+)", detail)
+        assert match is not None, detail
+        return int(match.group(1))
+
     answer = solve_vnnlib(folder / "net.onnx", big, timeout=0.3)
-    assert answer.answer == "timeout" and 0.3 <= answer.time_s < 2.0, answer
+    assert answer.answer == "timeout" and answer.time_s >= 0.3, answer
+    assert stopped_at(answer.detail) < lines
     (folder / "big.csv").write_text("net.onnx,big.vnnlib,0.3\nnet.onnx,safe.vnnlib,30\n")
     stopped, fine = run_instances(folder / "big.csv")
-    assert stopped.answer == "timeout" and 0.3 <= stopped.time_s < 2.0, stopped
+    assert stopped.answer == "timeout" and stopped.time_s >= 0.3, stopped
+    assert stopped_at(stopped.detail) < lines
     assert "time limit" in stopped.detail and fine.answer == "unsat"
 
 
