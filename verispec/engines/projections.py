@@ -283,9 +283,7 @@ class _Explorer:
                 # squares of entries such as 1e-171 underflow to 0 (every boundary would look
                 # out of reach); entries the rescaling flushes are below 2^-1022 of the row's
                 # largest, covered by the absolute term
-                amax = J.abs().amax(dim=-1, keepdim=True)
-                exps = torch.frexp(torch.where(amax > 0, amax, 1.0)).exponent
-                scale = torch.ldexp(torch.ones_like(amax), exps)
+                scale = _row_scale(J)
                 Js = J / scale
                 q = ((Js @ G) * Js).sum(-1)
                 jj = (Js * Js).sum(-1)
@@ -719,14 +717,19 @@ class ProjectionsEngine(EngineBase):
         return Verdict.UNKNOWN, "decision boundary within reach, no witness found", None
 
 
+def _row_scale(rows: torch.Tensor) -> torch.Tensor:
+    """A power of two per row (the last dimension kept, as 1) near its largest magnitude:
+    dividing by it is exact and brings the row's entries into [0.5, 1] at the top."""
+    amax = rows.abs().amax(dim=-1, keepdim=True)
+    exps = torch.frexp(torch.where(amax > 0, amax, 1.0)).exponent
+    return torch.ldexp(torch.ones_like(amax), exps)
+
+
 def safe_row_norm(rows: torch.Tensor) -> torch.Tensor:
     """l2 norms along the last dimension, on rows rescaled by a power of two (squares of tiny
     entries such as 1e-172 would underflow to 0 and make every boundary look out of reach),
     rounded up by a relative 2^-40."""
-    amax = rows.abs().amax(dim=-1, keepdim=True)
-    scale = torch.ldexp(
-        torch.ones_like(amax), torch.frexp(torch.where(amax > 0, amax, 1.0)).exponent
-    )
+    scale = _row_scale(rows)
     norm = (rows / scale).norm(dim=-1) * scale.squeeze(-1)
     return norm * (1 + 2.0**-40)
 

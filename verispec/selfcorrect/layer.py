@@ -129,7 +129,7 @@ class _Preconditions(nn.Module):
         super().__init__()
         lo = np.full((len(constraints), dims), -np.inf)
         hi = np.full((len(constraints), dims), np.inf)
-        self.polytopes: list[tuple[int, str]] = []
+        self.polytopes: list[int] = []
         self.regions = [c.precondition for c in constraints]
         for c, constraint in enumerate(constraints):
             region = constraint.precondition
@@ -143,7 +143,7 @@ class _Preconditions(nn.Module):
                 self.register_buffer(
                     f"b{c}", torch.from_numpy(np.array(region.b, dtype=np.float64))
                 )
-                self.polytopes.append((c, str(c)))
+                self.polytopes.append(c)
         self.register_buffer("lo", torch.from_numpy(lo))
         self.register_buffer("hi", torch.from_numpy(hi))
 
@@ -151,8 +151,8 @@ class _Preconditions(nn.Module):
         """(b, d) -> (b, c) boolean: x in each precondition, decided exactly."""
         x64 = x.to(torch.float64)
         inside = ((x64[:, None, :] >= self.lo) & (x64[:, None, :] <= self.hi)).all(dim=2)
-        for c, key in self.polytopes:
-            A, absA, b = (getattr(self, name + key) for name in ("A", "absA", "b"))
+        for c in self.polytopes:
+            A, absA, b = (getattr(self, f"{name}{c}") for name in ("A", "absA", "b"))
             value = x64 @ A.T
             d = A.shape[1]
             slack = (d + 2) * 2.0**-53 * 1.01 * (x64.abs() @ absA.T) + 2.0**-1020

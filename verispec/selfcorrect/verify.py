@@ -216,61 +216,49 @@ def verify_corrected(
             continue
         queries += [(region, cone) for cone in _cones(levels, bad)]
     enumerated = f"{len(levels)} weak orderings x {patterns} region pattern(s)"
-    if not queries:
+
+    def answer(verdict: Verdict, detail: str, witness: np.ndarray | None = None) -> CheckResult:
         return CheckResult(
-            Verdict.CERTIFIED,
+            verdict,
             name,
             time_s=time.perf_counter() - start,
-            detail=f"proved by enumeration: the layer answers and satisfies the property on "
-            f"all {enumerated}",
+            detail=detail,
+            counterexample=witness,
+        )
+
+    if not queries:
+        return answer(
+            Verdict.CERTIFIED,
+            f"proved by enumeration: the layer answers and satisfies the property on all "
+            f"{enumerated}",
         )
     if len(queries) > MAX_QUERIES:
-        return CheckResult(
+        return answer(
             Verdict.UNKNOWN,
-            name,
-            time_s=time.perf_counter() - start,
-            detail=f"{bad_cases} bad cases need {len(queries)} solver queries (more than "
-            f"{MAX_QUERIES})",
+            f"{bad_cases} bad cases need {len(queries)} solver queries (more than {MAX_QUERIES})",
         )
-    spurious = timed_out = 0
+    asked = f"{len(queries)} solver queries for {bad_cases} bad cases of {enumerated}"
+    spurious = 0
     for region, cone in queries:
         left = budget - (time.perf_counter() - start)
-        if left <= 0:
-            timed_out += 1
-            break
-        res = exact.solve(network, Property(region, _outside(cone, n)), left)
+        res = None if left <= 0 else exact.solve(network, Property(region, _outside(cone, n)), left)
+        if res is None or res.verdict is Verdict.TIMEOUT:
+            return answer(Verdict.TIMEOUT, f"time limit; {asked}")
         if res.verdict is Verdict.CERTIFIED:
             continue
-        if res.verdict is Verdict.TIMEOUT:
-            timed_out += 1
-            break
         if res.verdict is Verdict.FALSIFIED and res.counterexample is not None:
             witness = np.asarray(res.counterexample, dtype=np.float64)
             why = corrected_failure(layer, prop, witness)
             if why is not None:
-                return CheckResult(
-                    Verdict.FALSIFIED,
-                    name,
-                    time_s=time.perf_counter() - start,
-                    detail=why,
-                    counterexample=witness.reshape(network.input_shape),
-                )
+                return answer(Verdict.FALSIFIED, why, witness.reshape(network.input_shape))
         spurious += 1
-    elapsed = time.perf_counter() - start
-    asked = f"{len(queries)} solver queries for {bad_cases} bad cases of {enumerated}"
-    if timed_out:
-        return CheckResult(Verdict.TIMEOUT, name, time_s=elapsed, detail=f"time limit; {asked}")
     if spurious:
-        return CheckResult(
+        return answer(
             Verdict.UNKNOWN,
-            name,
-            time_s=elapsed,
-            detail=f"{spurious} solver witness(es) failed the float64 re-check through the "
-            f"layer (a tie, or another constraint's region); {asked}",
+            f"{spurious} solver witness(es) failed the float64 re-check through the layer (a "
+            f"tie, or another constraint's region); {asked}",
         )
-    return CheckResult(
-        Verdict.CERTIFIED, name, time_s=elapsed, detail=f"proved: no bad case reachable; {asked}"
-    )
+    return answer(Verdict.CERTIFIED, f"proved: no bad case reachable; {asked}")
 
 
 def corrected_failure(layer: SelfCorrecting, prop: SafeOrdering, x: np.ndarray) -> str | None:
