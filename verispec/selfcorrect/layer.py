@@ -41,6 +41,7 @@ from torch import nn
 from verispec.errors import SpecError, UnsupportedError
 from verispec.network import Network
 from verispec.regions import Box, Polytope
+from verispec.selfcorrect.ranktable import RankTable, usable
 from verispec.specs import SafeOrdering
 
 MAX_CHOICES = 4096
@@ -118,12 +119,14 @@ class Correction:
 
 
 class _Preconditions(nn.Module):
-    """The constraints' preconditions on x, decided exactly for a batch: a box by float64
-    comparisons; a polytope by float64 A x with a bound on its rounding error, and the rare
-    points within that bound of the boundary in rational arithmetic (``Polytope.contains``)."""
+    """The constraints' preconditions on x, decided exactly for a batch: a box by comparisons
+    (float32 inputs against the box rounded inward to float32, which decides the same; other
+    inputs in float64); a polytope by float64 A x with a bound on its rounding error, and the
+    rare points within that bound of the boundary in rational arithmetic
+    (``Polytope.contains``)."""
 
-    lo: torch.Tensor
-    hi: torch.Tensor
+    bounds: torch.Tensor
+    bounds32: torch.Tensor
 
     def __init__(self, constraints: Sequence[SafeOrdering], dims: int) -> None:
         super().__init__()
@@ -144,13 +147,24 @@ class _Preconditions(nn.Module):
                     f"b{c}", torch.from_numpy(np.array(region.b, dtype=np.float64))
                 )
                 self.polytopes.append(c)
-        self.register_buffer("lo", torch.from_numpy(lo))
-        self.register_buffer("hi", torch.from_numpy(hi))
+        # x in [lo, hi] reads (x, -x) >= (lo, -hi): one comparison, negation is exact
+        self.register_buffer("bounds", torch.from_numpy(np.concatenate([lo, -hi], axis=1)))
+        self.register_buffer(
+            "bounds32", torch.from_numpy(np.concatenate([_up32(lo), -_down32(hi)], axis=1))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, d) -> (b, c) boolean: x in each precondition, decided exactly."""
+        """(b, d) -> (c, b) boolean: x in each precondition, decided exactly (batch last: the
+        comparisons run along the batch)."""
+        if x.dtype == torch.float32:
+            signed, bounds = torch.cat([x, -x], dim=1), self.bounds32
+        else:
+            x64 = x.to(torch.float64)
+            signed, bounds = torch.cat([x64, -x64], dim=1), self.bounds
+        inside = (signed.T[None] < bounds[:, :, None]).sum(dim=1) == 0  # no bound violated
+        if not self.polytopes:
+            return inside
         x64 = x.to(torch.float64)
-        inside = ((x64[:, None, :] >= self.lo) & (x64[:, None, :] <= self.hi)).all(dim=2)
         for c in self.polytopes:
             A, absA, b = (getattr(self, f"{name}{c}") for name in ("A", "absA", "b"))
             value = x64 @ A.T
@@ -158,12 +172,26 @@ class _Preconditions(nn.Module):
             slack = (d + 2) * 2.0**-53 * 1.01 * (x64.abs() @ absA.T) + 2.0**-1020
             sure_in = (value + slack <= b).all(dim=1)
             sure_out = (value - slack > b).any(dim=1)
-            unsure = torch.nonzero(inside[:, c] & ~sure_in & ~sure_out).flatten().tolist()
-            inside[:, c] &= sure_in
+            unsure = torch.nonzero(inside[c] & ~sure_in & ~sure_out).flatten().tolist()
+            inside[c] &= sure_in
             region = self.regions[c]
             for i in unsure:  # within rounding of the boundary: rational arithmetic decides
-                inside[i, c] = region.contains(x64[i].cpu().numpy())
+                inside[c, i] = region.contains(x64[i].cpu().numpy())
         return inside
+
+
+def _up32(v: np.ndarray) -> np.ndarray:
+    """The least float32 at or above each float64 (a float32 x has x >= v iff x >= it)."""
+    with np.errstate(over="ignore"):  # beyond the float32 range: inf, which decides the same
+        r = v.astype(np.float32)
+        low = r.astype(np.float64) < v
+        r[low] = np.nextafter(r[low], np.float32(np.inf))
+    return r
+
+
+def _down32(v: np.ndarray) -> np.ndarray:
+    """The greatest float32 at or below each float64 (x <= v iff x <= it)."""
+    return -_up32(-v)
 
 
 class SelfCorrecting(nn.Module):
@@ -248,6 +276,11 @@ class SelfCorrecting(nn.Module):
         self.preconditions = _Preconditions(self.constraints, dims)
         self._choices: dict[int, Choices] = {}
         self._tables: dict[tuple[int, str], torch.Tensor] = {}
+        self._ranks = (
+            RankTable(self.num_classes, len(self.constraints), self.sign, self._reference)
+            if usable(self.num_classes, len(self.constraints))
+            else None
+        )
 
     def choices(self, mask: int) -> Choices:
         """The choices for the active constraints named by the bits of ``mask`` (cached)."""
@@ -265,7 +298,7 @@ class SelfCorrecting(nn.Module):
 
     def active(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(b, c) boolean: each constraint's precondition holds at (x, y)."""
-        return self.gate(self.preconditions(x.reshape(x.shape[0], -1)), y)
+        return self.gate(self.preconditions(x.reshape(x.shape[0], -1)).T, y)
 
     def gate(self, inside: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(b, c) active constraints from ``inside`` (b, c), x in each precondition's region,
@@ -286,8 +319,38 @@ class SelfCorrecting(nn.Module):
         return self.revise(x, self.network(x))
 
     def revise(self, x: torch.Tensor, y: torch.Tensor) -> Correction:
-        """The layer on given logits ``y`` (b, m) at inputs ``x`` (b, *input_shape)."""
-        return self.revise_masked(self.active(x, y), y)
+        """The layer on given logits ``y`` (b, m) at inputs ``x`` (b, *input_shape): the
+        answers by ranking (``ranktable``) for rows without ties, the general path
+        (``revise_masked``) for the others, and for layers too large for the table."""
+        inside = self.preconditions(x.reshape(x.shape[0], -1))  # (c, b)
+        if self._ranks is None:
+            return self.revise_masked(self.gate(inside.T, y), y)
+        key, strict = self._ranks.keys_of(y)
+        masks = (inside * self.bits[:, None]).sum(dim=0)
+        gather, flags = self._ranks.lookup(masks, key)
+        changed = (flags & RankTable.CHANGED) != 0
+        abstained = (flags & RankTable.ABSTAINED) != 0
+        low, high = torch.aminmax(y, dim=1)
+        up = abstained if self.sign > 0 else ~abstained  # the abstain logit goes above all
+        extra = torch.where(up, high + (1 + high.abs()), low - (1 + low.abs()))
+        out = torch.cat([y.gather(1, gather), extra[:, None]], dim=1)
+        # rows with a tie (or NaN) or an infinite logit (or a span that overflows) go to the
+        # general path
+        general = ~(strict & torch.isfinite(high - low))
+        if bool(general.any()):
+            rows = torch.nonzero(general).flatten()
+            part = self.revise_masked(self.gate(inside.T[rows], y[rows]), y[rows])
+            out = out.index_copy(0, rows, part.logits)
+            changed = changed.index_copy(0, rows, part.changed)
+            abstained = abstained.index_copy(0, rows, part.abstained)
+        return Correction(out, changed, abstained)
+
+    def _reference(
+        self, inside: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The general path on regions and logits, for ``RankTable``."""
+        got = self.revise_masked(self.gate(inside, y), y)
+        return got.logits[:, : self.num_classes], got.changed, got.abstained
 
     def revise_masked(self, active: torch.Tensor, y: torch.Tensor) -> Correction:
         """The layer on logits ``y`` (b, m) with the active constraints given (b, c)."""
