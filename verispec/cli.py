@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -178,6 +179,8 @@ def _ensemble_rows(ensemble: Any, report: Any, details: bool) -> list[tuple[str,
                 "ICLR 2023): audit them with 'verispec audit --solver milp'",
             )
         )
+    if getattr(ensemble, "kind", "") == "selective":
+        rows += _selective_rows(ensemble, report)
     if details:
         shown = min(report.points, ENSEMBLE_DETAIL_POINTS)
         for i in range(shown):
@@ -187,10 +190,40 @@ def _ensemble_rows(ensemble: Any, report: Any, details: bool) -> list[tuple[str,
     return rows
 
 
+def _selective_rows(ensemble: Any, report: Any) -> list[tuple[str, str]]:
+    """A selective ensemble's test: alpha, how many points abstained, the p-values' summary
+    (from each point's detail) and the certified share."""
+    from verispec.ensembles import pvalue_in
+
+    found = [pvalue_in(r.detail) for r in report.results]
+    p = np.array([v for v in found if v is not None])
+    counts, n = report.counts, max(report.points, 1)
+    rows = [("WARNING", ensemble.warning)] if ensemble.warning else []
+    rows += [
+        ("alpha", f"{ensemble.alpha:g} ({len(ensemble.members)} members)"),
+        ("abstentions", f"{counts['abstain']} of {report.points}"),
+    ]
+    if len(p):
+        rows.append(
+            (
+                "p-values",
+                f"min {p.min():.3g}, median {np.median(p):.3g}, max {p.max():.3g}; "
+                f"{int((p <= ensemble.alpha).sum())} significant",
+            )
+        )
+    rows.append(("certified share", f"{counts['certified'] / n:.3f} (robust selective answer)"))
+    return rows
+
+
 @click.group()
 @click.version_option(package_name="verispec", prog_name="verispec", message="%(prog)s %(version)s")
 def main() -> None:
     """verispec: certify properties of trained neural networks."""
+    warnings.formatwarning = _format_warning  # a warning is a line for the user, no source
+
+
+def _format_warning(message: Warning | str, *args: Any, **kwargs: Any) -> str:
+    return f"warning: {message}\n"
 
 
 EXIT_HELP = (
@@ -580,8 +613,8 @@ def _ensemble_of(
     through ``tune``), or None; --engine cannot replace the engines of an ensemble's members."""
     import attrs
 
-    from verispec.ensembles import Cascade, Voting
     from verispec.errors import SpecFileError
+    from verispec.specfile import build_ensemble
 
     if sf.ensemble is None:
         return None
@@ -596,9 +629,7 @@ def _ensemble_of(
         attrs.evolve(m, engine_config=tune(m.engine_name, m.engine_config)).build(device)
         for m in sf.ensemble.members
     ]
-    if sf.ensemble.kind == "cascade":
-        return Cascade(members)
-    return Voting(members, **sf.ensemble.options)
+    return build_ensemble(sf.ensemble.kind, members, sf.ensemble.options)
 
 
 def _engine_for(
@@ -1310,6 +1341,13 @@ def _parse_groups(text: str | None) -> list[list[int]] | None:
     help="evaluate VRA on the first N test points each epoch",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="train N members that differ only in seed (--seed, --seed + 1, ...): OUT_seedK.pt "
+    "each, and OUT.toml, a selective ensemble spec naming them",
+)
 @click.option("--device", default="cpu", show_default=True)
 @click.option(
     "--out",
@@ -1328,9 +1366,8 @@ def train(**opts: Any) -> None:
 
         from verispec.data import Split, load_data
         from verispec.engines.base import resolve_device
-        from verispec.modelfile import save_model
-        from verispec.network import Network
         from verispec.regions import Norm
+        from verispec.specfile import ensemble_spec_text
         from verispec.train import (
             Arch,
             ArchConfig,
@@ -1341,7 +1378,6 @@ def train(**opts: Any) -> None:
             Ramp,
             TrainConfig,
         )
-        from verispec.train import train as run_training
 
         resolve_device(opts["device"])
         cfg = TrainConfig(
@@ -1377,6 +1413,36 @@ def train(**opts: Any) -> None:
             f"training {opts['arch']} on {train_data.name} ({len(train_data)} points), "
             f"evaluating on {test_data.name} ({len(test_data)} points)"
         )
+        out = Path(opts["out_path"])
+        if opts["seeds"] is None:
+            fit(cfg, out, train_data, test_data)
+            return
+        seeds = [opts["seed"] + k for k in range(opts["seeds"])]
+        paths = [out.with_name(f"{out.stem}_seed{s}{out.suffix or '.pt'}") for s in seeds]
+        for seed, path in zip(seeds, paths, strict=True):
+            click.echo(f"member seed {seed}:")
+            fit(attrs.evolve(cfg, seed=seed), path, train_data, test_data)
+        spec_path = out.with_suffix(".toml")
+        spec_path.write_text(
+            ensemble_spec_text(
+                "selective",
+                [p.name for p in paths],
+                opts["source"],
+                opts["eps"],
+                f"{len(paths)} members trained by verispec train --seeds {len(paths)} "
+                f"(seeds {seeds[0]} to {seeds[-1]})",
+            )
+        )
+        click.echo(f"wrote {spec_path}: a selective ensemble of {len(paths)} members")
+
+    def fit(cfg: Any, out: Path, train_data: Any, test_data: Any) -> None:
+        """Train one model as ``cfg`` says and write it, with its log, to ``out``."""
+        import attrs
+
+        from verispec.modelfile import save_model
+        from verispec.network import Network
+        from verispec.train import train as run_training
+
         click.echo(
             f"{'epoch':>5} {'loss':>8} {'eps':>6} {'clean':>6} {'VRA':>6} {'K est':>9} "
             f"{'K sound':>9} {'s':>6}"
@@ -1406,15 +1472,15 @@ def train(**opts: Any) -> None:
             "vra": final.vra,
             "eps": opts["eps"],
         }
-        save_model(network, opts["out_path"], meta)
-        log_path = Path(opts["out_path"]).with_suffix(".log.json")
+        save_model(network, out, meta)
+        log_path = out.with_suffix(".log.json")
         log_path.write_text(
             json.dumps(
                 {"config": cfg.to_dict(), "epochs": [attrs.asdict(e) for e in log]}, indent=1
             )
         )
         click.echo(
-            f"wrote {opts['out_path']} and {log_path}: clean {final.clean_accuracy:.3f}, "
+            f"wrote {out} and {log_path}: clean {final.clean_accuracy:.3f}, "
             f"VRA {final.vra:.3f} at l2 eps {opts['eps']:g} (sound K {final.k_sound:.4g})"
         )
 

@@ -45,8 +45,9 @@ An ensemble of certified classifiers replaces the top-level ``model`` (and the f
 ``[engine]``: members carry their engines); its properties are local robustness::
 
     [ensemble]
-    kind = "voting"               # cascade (unsound as published) | voting
+    kind = "voting"               # cascade (unsound as published) | voting | selective
     weights = [2.0, 1.0]          # voting only: one positive weight per member (default: equal)
+    alpha = 0.05                  # selective only: the binomial test's level (default 0.05)
 
     [[ensemble.members]]
     model = "models/a.pt"
@@ -60,9 +61,10 @@ An ensemble of certified classifiers replaces the top-level ``model`` (and the f
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +74,7 @@ import torch
 
 from verispec.data import Dataset, Split, load_data
 from verispec.engines.base import engine_class
-from verispec.ensembles import Cascade, Ensemble, Member, Voting
+from verispec.ensembles import Cascade, Ensemble, Member, SelectiveEnsemble, Voting
 from verispec.errors import (
     DataError,
     ExtraNotInstalledError,
@@ -140,7 +142,8 @@ class EnsembleSpec:
     kind: str
     members: tuple[MemberSpec, ...]
     options: dict[str, Any]
-    """The kind's own keys, read (voting: ``weights``, None when not given)."""
+    """The kind's own keys, read (voting: ``weights``, None when not given; selective:
+    ``alpha``, 0.05 when not given)."""
     ensemble: Ensemble
 
     def build(self, device: str | None = None) -> Ensemble:
@@ -148,7 +151,7 @@ class EnsembleSpec:
         if device is None:
             return self.ensemble
         members = [m.build(device) for m in self.members]
-        return _ENSEMBLE_KINDS[self.kind].make(members, self.options)
+        return build_ensemble(self.kind, members, self.options)
 
 
 @attrs.frozen(eq=False)
@@ -446,11 +449,60 @@ def _voting_options(t: _Table, k: int) -> dict[str, Any]:
     return {"weights": tuple(weights)}
 
 
+def _selective_options(t: _Table, k: int) -> dict[str, Any]:
+    if not t.has("alpha"):
+        return {"alpha": 0.05}
+    alpha = t.get("alpha", float)
+    if not 0 < alpha < 1:
+        raise t.error("alpha", f"must be in (0, 1), got {alpha!r}")
+    return {"alpha": float(alpha)}
+
+
 _ENSEMBLE_KINDS: dict[str, _Kind] = {
     "cascade": _Kind(frozenset(), lambda t, k: {}, lambda ms, o: Cascade(ms)),
     "voting": _Kind(frozenset({"weights"}), _voting_options, lambda ms, o: Voting(ms, **o)),
+    "selective": _Kind(
+        frozenset({"alpha"}), _selective_options, lambda ms, o: SelectiveEnsemble(ms, **o)
+    ),
 }
 """The ensemble kinds a spec file may name, with their own keys."""
+
+
+def ensemble_spec_text(
+    kind: str, models: Sequence[str], source: str, eps: float, comment: str = ""
+) -> str:
+    """A spec file (TOML) for an ensemble of ``kind`` over the model files ``models`` (paths
+    relative to the spec file), each certified by the Lipschitz engine, on the test split of
+    ``source``, with one l2 local-robustness property at ``eps``."""
+    if kind not in _ENSEMBLE_KINDS:
+        known = ", ".join(_ENSEMBLE_KINDS)
+        raise SpecError(f"unknown ensemble kind {kind!r}; known kinds: {known}")
+    lines = [f"# {line}" for line in comment.splitlines()]
+    lines += ["[ensemble]", f"kind = {json.dumps(kind)}", ""]
+    for path in models:
+        name = Path(path).stem
+        lines += [
+            "[[ensemble.members]]",
+            f"model = {json.dumps(str(path))}",
+            'engine = "lipschitz"',
+            f"name = {json.dumps(name)}",
+            "",
+        ]
+    lines += ["[data]", f"source = {json.dumps(source)}", 'split = "test"', ""]
+    lines += [
+        "[[property]]",
+        f"name = {json.dumps(f'robust-l2-{eps:g}')}",
+        'kind = "local_robustness"',
+        f"eps = {float(eps)!r}",
+        'norm = "l2"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def build_ensemble(kind: str, members: list[Member], options: dict[str, Any]) -> Ensemble:
+    """The ensemble of ``kind`` (a key of an ``[ensemble]`` table) over ``members``, with the
+    kind's options as ``EnsembleSpec.options`` holds them."""
+    return _ENSEMBLE_KINDS[kind].make(members, options)
 
 
 def _ensemble(top: _Table, base: Path) -> EnsembleSpec:

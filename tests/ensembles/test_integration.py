@@ -173,9 +173,9 @@ def test_a_property_with_its_own_model_runs_beside_the_ensemble(models):
             "top level key 'model': and key 'ensemble' are both given",
         ),
         (
-            '[ensemble]\nkind = "selective"\n' + _members("a"),
-            "[ensemble] key 'kind': unknown ensemble kind 'selective'; known kinds: cascade, "
-            "voting",
+            '[ensemble]\nkind = "majority"\n' + _members("a"),
+            "[ensemble] key 'kind': unknown ensemble kind 'majority'; known kinds: cascade, "
+            "voting, selective",
         ),
         ("[ensemble]\n" + _members("a"), "[ensemble] key 'kind': is required"),
         (

@@ -1,5 +1,6 @@
 """Ensembles of certified classifiers (``members``): the published cascade (unsound, kept to be
-attacked and audited) and sound voting."""
+attacked and audited), sound voting, and selective ensembles (``selective``): a significant
+plurality or an abstention, with a certified variant."""
 
 from verispec.ensembles.casa import CasaConfig, CasaResult, cascade_attack
 from verispec.ensembles.exact import (
@@ -16,6 +17,7 @@ from verispec.ensembles.members import (
     MemberDecisions,
     Voting,
 )
+from verispec.ensembles.selective import SelectiveEnsemble, binomial_pvalue, pvalue_in
 
 __all__ = [
     "Answer",
@@ -28,7 +30,10 @@ __all__ = [
     "EnsemblePointAudit",
     "Member",
     "MemberDecisions",
+    "SelectiveEnsemble",
     "Voting",
     "audit_ensemble",
+    "binomial_pvalue",
     "cascade_attack",
+    "pvalue_in",
 ]

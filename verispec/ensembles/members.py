@@ -93,11 +93,14 @@ class MemberDecisions:
 @attrs.frozen(eq=False)
 class Answer:
     """An ensemble's answer at n points: its class (n,), whether it claims robustness (n,),
-    and per point a short account of how it decided (which member answered, the votes)."""
+    per point a short account of how it decided (which member answered, the votes), where
+    it abstains (n,; None: nowhere) and warnings that hold for every point."""
 
     predicted: np.ndarray
     certified: np.ndarray
     details: tuple[str, ...]
+    abstained: np.ndarray | None = None
+    warnings: tuple[str, ...] = ()
 
 
 class Ensemble(abc.ABC):
@@ -183,8 +186,9 @@ class Ensemble(abc.ABC):
         labels: Any = None,
         domain: Box | None = None,
     ) -> BatchResult:
-        """CERTIFIED where the ensemble claims robustness at the point for ``spec``, else
-        UNKNOWN; ``predicted`` is the ensemble's class and each detail says how it decided."""
+        """CERTIFIED where the ensemble claims robustness at the point for ``spec``, ABSTAIN
+        where it abstains, else UNKNOWN; ``predicted`` is the ensemble's class and each detail
+        says how it decided."""
         start = time.perf_counter()
         self.supports(spec)
         assert isinstance(spec, LocalRobustness)  # supports() refuses every other kind
@@ -196,7 +200,9 @@ class Ensemble(abc.ABC):
             if n
             else Answer(np.zeros(0, np.int64), np.zeros(0, bool), ())
         )
-        verdicts = np.where(ans.certified, Verdict.CERTIFIED.code, Verdict.UNKNOWN.code)
+        abstained = np.zeros(n, bool) if ans.abstained is None else ans.abstained
+        open_ = np.where(abstained, Verdict.ABSTAIN.code, Verdict.UNKNOWN.code)
+        verdicts = np.where(ans.certified, Verdict.CERTIFIED.code, open_)
         return BatchResult.build(
             self.name,
             verdicts.astype(np.int8),
@@ -204,6 +210,7 @@ class Ensemble(abc.ABC):
             predicted=ans.predicted if n else None,
             labels=checked,
             details=dict(enumerate(ans.details)),
+            warnings={i: ans.warnings for i in range(n)} if ans.warnings else None,
         )
 
 
