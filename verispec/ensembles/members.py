@@ -174,6 +174,16 @@ class Ensemble(abc.ABC):
             return Answer(np.zeros(0, np.int64), np.zeros(0, bool), ())
         return self._combine(self.decisions(spec, points, domain))
 
+    def combine(self, d: MemberDecisions) -> Answer:
+        """The ensemble's answer from its members' decisions (``decisions``), for callers
+        that decide the members once and combine them in several ways."""
+        if d.predicted.shape[0] != len(self.members):
+            raise SpecError(
+                f"decisions of {d.predicted.shape[0]} members for an ensemble of "
+                f"{len(self.members)}"
+            )
+        return self._combine(d)
+
     @abc.abstractmethod
     def _combine(self, d: MemberDecisions) -> Answer:
         """The ensemble's rule: its answer from the members' decisions."""
