@@ -331,7 +331,7 @@ def validate_labels(network: Network, labels: Any, n: int) -> np.ndarray | None:
 
 def _load_builtin_engines() -> None:
     """Import the modules that register the built-in engines (explicit, no import-time magic)."""
-    from verispec.engines import exact, lipschitz, projections, smoothing  # noqa: F401
+    from verispec.engines import exact, linear_bounds, lipschitz, projections, smoothing  # noqa: F401
 
 
 ENGINES: Registry[EngineBase] = Registry("engine", loader=_load_builtin_engines)
