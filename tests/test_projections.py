@@ -3,6 +3,7 @@ decisions on affine models, and soundness against the MILP solver on generated n
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,10 @@ from verispec.regions import Box, Norm, Polytope
 from verispec.results import Verdict
 from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, SafeOrdering
 
-FAST = ProjectionsConfig(max_regions=2000, time_per_point=5.0, pgd_steps=20, pgd_restarts=2)
+FAST = ProjectionsConfig(
+    max_regions=2000, time_per_point=5.0, pgd_steps=20, pgd_restarts=2, bounds="none"
+)
+"""The search alone: every ReLU within reach is flipped (the region counts below)."""
 
 
 def _dense(w: list[list[float]], b: list[float]) -> nn.Linear:
@@ -164,7 +168,7 @@ def test_batching_does_not_change_answers():
     xs = np.random.default_rng(3).uniform(0, 1, (12, 3))
     spec = LocalRobustness(0.1, Norm.LINF)
     together = ProjectionsEngine(FAST).check(net, spec, xs)
-    one = ProjectionsConfig(batch_size=1, pgd_steps=20, pgd_restarts=2)
+    one = attrs.evolve(FAST, batch_size=1)
     alone = [ProjectionsEngine(one).check(net, spec, x[None])[0] for x in xs]
     for a, b in zip(together, alone, strict=True):
         assert a.verdict is b.verdict
@@ -179,10 +183,35 @@ def test_region_budget_gives_timeout():
         seq[2].bias.copy_(torch.tensor([100.0, 0.0]))  # robust: only the budget can stop it
     net = Network.from_torch(seq, (2,))
     spec = LocalRobustness(2.0, Norm.L2)
-    tight = ProjectionsEngine(ProjectionsConfig(max_regions=3, pgd_restarts=0))
+    tight = ProjectionsEngine(ProjectionsConfig(max_regions=3, pgd_restarts=0, bounds="none"))
     r = tight.check(net, spec, X0)[0]
     assert r.verdict is Verdict.TIMEOUT and regions_of(r) == 3
     assert ProjectionsEngine(FAST).check(net, spec, X0)[0].verdict is Verdict.CERTIFIED
+    # CROWN's bounds prove the margin of 100 outright: no region is searched
+    guided = ProjectionsEngine(ProjectionsConfig(max_regions=3, pgd_restarts=0))
+    r = guided.check(net, spec, X0)[0]
+    assert r.verdict is Verdict.CERTIFIED and regions_of(r) == 0
+
+
+@pytest.mark.parametrize("bounds", ["ibp", "crown"])
+def test_bounds_fix_the_stable_relus_and_keep_the_answers(bounds):
+    """With the bounds, the search flips only the ReLUs they leave unstable: never more
+    regions than without them, the same verdict wherever the plain search decides, and
+    sometimes a decision where it does not (the bounds hold on the ball within the domain;
+    the plain search's safety test ignores the domain)."""
+    torch.manual_seed(5)
+    seq = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    net = Network.from_torch(seq, (3,))
+    xs = np.random.default_rng(5).uniform(0, 1, (10, 3))
+    for spec in (LocalRobustness(0.05, Norm.LINF), LocalRobustness(0.15, Norm.L2)):
+        plain = ProjectionsEngine(FAST).check(net, spec, xs)
+        guided = ProjectionsEngine(attrs.evolve(FAST, bounds=bounds)).check(net, spec, xs)
+        decided = (Verdict.CERTIFIED, Verdict.FALSIFIED)
+        for a, b in zip(plain, guided, strict=True):
+            if a.verdict in decided:
+                assert a.verdict is b.verdict, (a.detail, b.detail)
+            assert regions_of(b) <= regions_of(a)
+        assert sum(regions_of(r) for r in guided) < sum(regions_of(r) for r in plain)
 
 
 def test_default_minmax_model(default_network_and_points):

@@ -254,7 +254,7 @@ def crown_bounds(net: TorchNet, sets: Sets) -> tuple[list[torch.Tensor], list[to
     return los, his
 
 
-def _interval_atoms(
+def interval_atoms(
     lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor
 ) -> torch.Tensor:
     """Lower bounds (B, p) of ``C @ y + d`` for y in the boxes [lo, hi] (B, m)."""
@@ -272,10 +272,10 @@ def atom_bounds(
     L = net.depth - 1
     if config.kind is Method.IBP:
         los, his = interval_bounds(net, sets)
-        return _interval_atoms(los[L], his[L], C, d)
+        return interval_atoms(los[L], his[L], C, d)
     los, his = crown_bounds(net, sets)  # each layer at least as tight as IBP's
     best = torch.maximum(
-        back_substitute(net, sets, los, his, C, d, L), _interval_atoms(los[L], his[L], C, d)
+        back_substitute(net, sets, los, his, C, d, L), interval_atoms(los[L], his[L], C, d)
     )
     if config.kind is Method.CROWN or L == 0:
         return best

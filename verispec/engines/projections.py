@@ -60,11 +60,20 @@ from numpy.typing import NDArray
 from verispec import options
 from verispec.attacks import pgd_attack
 from verispec.engines.base import EngineBase, register_engine, resolve_device
+from verispec.engines.linear_bounds import (
+    Sets,
+    TorchNet,
+    back_substitute,
+    crown_bounds,
+    interval_atoms,
+    interval_bounds,
+)
 from verispec.errors import UnsupportedError
 from verispec.network import Network
 from verispec.properties import Goal
 from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
 from verispec.results import BatchResult, CheckResult, GuaranteeKind, Verdict
+from verispec.solvers.bounds import InputSet
 from verispec.solvers.lowering import PiecewiseLinearNet, lower
 from verispec.specs import PointSpec, SafeOrdering, Spec
 
@@ -95,6 +104,10 @@ class ProjectionsConfig:
     max_boundaries: int = attrs.field(default=16, validator=options.integer(1))
     """Decision hyperplanes kept per point for projection witnesses."""
     seed: int = attrs.field(default=0, validator=options.seed)
+    bounds: str = attrs.field(default="crown", validator=options.one_of("none", "ibp", "crown"))
+    """Pre-activation bounds over each point's set (``verispec.engines.linear_bounds``): the
+    search flips only the ReLUs they leave unstable, and a goal they prove alone is
+    CERTIFIED without a search ("none": flip every ReLU within reach)."""
 
 
 class Outcome(enum.Enum):
@@ -272,6 +285,49 @@ class _Explorer:
                     k += 1
         self.C = torch.as_tensor(C, device=dev)
         self.d = torch.as_tensor(dd, device=dev)
+        self.unstable, self.proved = self._bounds()
+
+    def _bounds(self) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+        """Per target: which ReLU bits the bounds leave unstable on its region (n, N), and
+        whether they prove the goal alone (n,). Along the segment from x to any point of the
+        region (convex) a stable ReLU keeps its sign, so every pattern realised there differs
+        from x's only in unstable bits: flipping those alone keeps the search complete."""
+        n, N = len(self.targets), self.low.num_bits
+        unstable = np.ones((n, N), dtype=bool)
+        proved = np.zeros(n, dtype=bool)
+        if self.config.bounds == "none":
+            return unstable, proved
+        rows = [i for i, t in enumerate(self.targets) if t.alternatives and not t.trivial]
+        if not rows:
+            return unstable, proved
+        dev = self.low.device
+        net = TorchNet.of(self.low.net, dev)
+        inputs = [InputSet.of(self.targets[i].goal.alternatives[0].region) for i in rows]
+        sets = Sets.of(inputs, dev)
+        with torch.no_grad():
+            if self.config.bounds == "ibp":
+                los, his = interval_bounds(net, sets)
+            else:
+                los, his = crown_bounds(net, sets)
+            for k in range(len(self.low.masked)):
+                idx = self.low.masked[k]
+                lo, hi = los[k][:, idx], his[k][:, idx]
+                bits = ((lo <= 0) & (hi >= 0)).cpu().numpy()
+                unstable[rows, self.low.offsets[k] : self.low.offsets[k + 1]] = bits
+            L = len(los) - 1
+            C, d = self.C[rows], self.d[rows]
+            value = torch.maximum(
+                interval_atoms(los[L], his[L], C, d),
+                back_substitute(net, sets, los, his, C, d, L)
+                if self.config.bounds == "crown"
+                else interval_atoms(los[L], his[L], C, d),
+            )
+            safe = np.nan_to_num(value.cpu().numpy(), nan=-np.inf) > 0
+        for r, i in enumerate(rows):
+            atoms = safe[r]
+            clause_ok = ~np.any(self.atom_in_clause[i] & ~atoms[None, :], axis=1)
+            proved[i] = bool(np.any(self.clause_in_alt[i] & clause_ok[None, :]))
+        return unstable, proved
 
     # -- one batched pass ---------------------------------------------------------------------
     def _rho(self, J: torch.Tensor, tidx: torch.Tensor) -> torch.Tensor:
@@ -446,7 +502,7 @@ class _Explorer:
         outcome: list[Outcome | None] = [None] * n
         boundaries: list[list[Boundary]] = [[] for _ in range(n)]
         for i, t in enumerate(self.targets):
-            if t.trivial:
+            if t.trivial or self.proved[i]:
                 outcome[i] = Outcome.CERTIFIED
                 continue
             if not t.alternatives:
@@ -499,7 +555,7 @@ class _Explorer:
                         outcome[i] = Outcome.BOUNDARY
                         queues[i].clear()
                         continue
-                flips = np.flatnonzero(reach[row])
+                flips = np.flatnonzero(reach[row] & self.unstable[i])
                 if flips.size:
                     new = np.repeat(patterns[row][None], flips.size, axis=0)
                     new[np.arange(flips.size), flips] ^= True
