@@ -6,7 +6,9 @@ without a Lipschitz penalty, and on the embedded default (issue 17, item 5; a fi
 - **mnistfc**: the VNN-COMP 2021 ReLU MLPs ``mnist-net_256x2.onnx`` and ``256x4`` (normally
   trained), on the first ``--limit`` correctly classified points of the MNIST protocol's test
   split, at l_inf eps 0.01 and 0.02 and l2 eps 0.1 and 0.3 (domain [0, 1]);
-- **digits default**: ``specs/models/digits_mlp.pt`` (GloRo, MinMax) at l2 0.3.
+- **digits default**: ``specs/models/digits_mlp.pt`` (GloRo, MinMax) at l2 0.3; and the
+  projections engine there, with CROWN's bounds (its default) on ``--projections-limit``
+  points and without them on 10 (default budgets: 20,000 regions, 30 s a point).
 
 Figures: the certified share of the points (the count) and the seconds per point, per
 engine. Printed, and written to ``bench/results/linear_bounds.json``.
@@ -71,12 +73,44 @@ def show(title: str, spec: vs.LocalRobustness, figures: dict) -> None:
     print(f"  {title} {spec.norm.value} {spec.eps:g}: {cells}")
 
 
+def projections_default(network: vs.Network, data: vs.Dataset, args: argparse.Namespace) -> dict:
+    """The projections engine on the embedded default at l2 0.3: with CROWN's bounds (the
+    default) on ``--projections-limit`` points, and without them on the first 10 (where it
+    ran out of budget before the bounds)."""
+    from verispec.engines.projections import ProjectionsConfig, ProjectionsEngine
+
+    spec = vs.LocalRobustness(0.3, vs.Norm.L2)
+    xs, ys, domain = points_of(network, data, None)
+    out = {}
+    for bounds, limit in (("crown", args.projections_limit), ("none", 10)):
+        engine = ProjectionsEngine(ProjectionsConfig(bounds=bounds))
+        times, decided, counts = [], 0, {}
+        for i in range(min(limit, len(xs))):
+            r = engine.check(network, spec, xs[i : i + 1], ys[i : i + 1], domain)[0]
+            times.append(r.time_s)
+            counts[r.verdict.value] = counts.get(r.verdict.value, 0) + 1
+            decided += r.verdict in (Verdict.CERTIFIED, Verdict.FALSIFIED)
+        out[bounds] = {
+            "points": len(times),
+            "decided": decided,
+            "counts": counts,
+            "median_s": float(np.median(times)),
+            "total_s": float(np.sum(times)),
+        }
+        print(
+            f"  projections on the default, l2 0.3, bounds={bounds}: {decided}/{len(times)} "
+            f"decided {counts}, median {np.median(times):.2f} s, total {np.sum(times):.0f} s"
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--bench", type=Path, default=BENCH)
     parser.add_argument("--mnist-dir", type=Path, default=MNIST)
+    parser.add_argument("--projections-limit", type=int, default=100)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {args.threads}; certified / points (time per point)")
@@ -97,6 +131,7 @@ def main() -> None:
     fig = run(network, digits, spec, args.limit)
     show("digits default", spec, fig)
     results["digits_default_l2_0.3"] = fig
+    results["projections_default_l2_0.3"] = projections_default(network, digits, args)
     out = ROOT / "bench" / "results" / "linear_bounds.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")
