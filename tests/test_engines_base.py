@@ -272,7 +272,9 @@ def test_registry_loads_its_built_ins_lazily_once() -> None:
 
 def test_engine_registry_is_typed_and_decorator_filled():
     assert engine_class("lipschitz").name == "lipschitz"
-    with pytest.raises(UnsupportedError, match="unknown engine 'nope'; available: crown, lipschitz"):
+    with pytest.raises(
+        UnsupportedError, match="unknown engine 'nope'; available: crown, lipschitz"
+    ):
         engine_class("nope")
     try:
         assert register_engine("test-toy")(PointsOnly) is PointsOnly
