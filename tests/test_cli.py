@@ -566,8 +566,13 @@ def test_seed_reaches_the_engines_and_time_per_point_limits_them(tmp_path):
         radii[seed] = [r["radius"] for r in json.loads(out.read_text())["reports"][0]["results"]]
     assert radii[None] == radii[0] and radii[1] != radii[0]
     out = tmp_path / "p.json"
-    relu = _linear_spec(tmp_path, hidden=32)
-    args = ["check", relu, "--engine", "projections", "--points", "0:3", "--time-per-point"]
+    relu = Path(_linear_spec(tmp_path, hidden=32))
+    # the search alone (no bounds, which would certify these points before any search)
+    text = relu.read_text().replace(
+        'model = "lin.pt"\n', 'model = "lin.pt"\n[engine]\nname = "projections"\nbounds = "none"\n'
+    )
+    relu.write_text(text)
+    args = ["check", str(relu), "--points", "0:3", "--time-per-point"]
     res = CliRunner().invoke(main, [*args, "1e-9", "--json", str(out)])
     assert res.exit_code == 0, res.output
     verdicts = [r["verdict"] for r in json.loads(out.read_text())["reports"][0]["results"]]
