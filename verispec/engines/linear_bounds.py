@@ -44,6 +44,7 @@ import torch
 
 from verispec import options
 from verispec.engines.base import EngineBase, batches, register_engine, resolve_device
+from verispec.errors import UnsupportedError
 from verispec.network import Network
 from verispec.properties import Goal
 from verispec.regions import Box, FloatArray, Polytope
@@ -264,20 +265,40 @@ def interval_atoms(
     return _pad_down(value + d, mag)
 
 
+def layer_bounds(
+    net: TorchNet, sets: Sets, method: Method
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Pre-activation bounds of every layer: IBP's, or CROWN's (alpha-CROWN keeps them)."""
+    return interval_bounds(net, sets) if method is Method.IBP else crown_bounds(net, sets)
+
+
+def atoms_from(
+    net: TorchNet,
+    sets: Sets,
+    los: Sequence[torch.Tensor],
+    his: Sequence[torch.Tensor],
+    C: torch.Tensor,
+    d: torch.Tensor,
+    method: Method,
+) -> torch.Tensor:
+    """Lower bounds (B, p) of the atoms ``C @ f(x) + d`` from the layer bounds: the output
+    interval's, and with CROWN (or alpha-CROWN) the larger of that and back-substitution's."""
+    L = net.depth - 1
+    box = interval_atoms(los[L], his[L], C, d)
+    if method is Method.IBP:
+        return box
+    return _better(box, back_substitute(net, sets, los, his, C, d, L))
+
+
 def atom_bounds(
     net: TorchNet, sets: Sets, C: torch.Tensor, d: torch.Tensor, config: LinearBoundsConfig
 ) -> torch.Tensor:
     """Lower bounds (B, p) of the atoms ``C @ f(x) + d`` (C (B, p, m), d (B, p)) over each
     set, by ``config.method``."""
     L = net.depth - 1
-    if config.kind is Method.IBP:
-        los, his = interval_bounds(net, sets)
-        return interval_atoms(los[L], his[L], C, d)
-    los, his = crown_bounds(net, sets)  # each layer at least as tight as IBP's
-    best = torch.maximum(
-        back_substitute(net, sets, los, his, C, d, L), interval_atoms(los[L], his[L], C, d)
-    )
-    if config.kind is Method.CROWN or L == 0:
+    los, his = layer_bounds(net, sets, config.kind)
+    best = atoms_from(net, sets, los, his, C, d, config.kind)
+    if config.kind is not Method.ALPHA_CROWN or L == 0:
         return best
     with torch.enable_grad():
         alphas = []
@@ -349,14 +370,19 @@ class LinearBoundsEngine(EngineBase):
         self.config = config or LinearBoundsConfig()
         self._lowered: dict[str, PiecewiseLinearNet] = {}
 
-    def _net(self, network: Network, device: torch.device) -> TorchNet:
+    def _lower(self, network: Network) -> PiecewiseLinearNet:
+        """The network's lowered form (the last network's kept; the lowering raises naming
+        a layer it has no rule for)."""
         key = network.fingerprint()
         if key not in self._lowered:
             self._lowered = {key: lower(network)}
-        return TorchNet.of(self._lowered[key], device)
+        return self._lowered[key]
+
+    def _net(self, network: Network, device: torch.device) -> TorchNet:
+        return TorchNet.of(self._lower(network), device)
 
     def _supports(self, network: Network, spec: object) -> None:
-        self._net(network, torch.device("cpu"))  # the lowering raises naming the layer
+        self._lower(network)
 
     def _decide_points(
         self, network: Network, spec: PointSpec, xs: FloatArray, domain: Box | None
@@ -377,8 +403,8 @@ class LinearBoundsEngine(EngineBase):
                     verdicts[i] = Verdict.CERTIFIED.code
                     details[i] = f"{method}: every atom of a clause >= {margins[k]:.6g}"
                     continue
-                w = goals[k].confirm(network, xs[i]) if goals[k].alternatives else None
-                if w is not None and goals[k].is_counterexample(w, network.forward64(w[None])[0]):
+                w = goals[k].confirm(network, xs[i])  # re-checked, exactly near zero
+                if w is not None:
                     verdicts[i], witnesses[i] = Verdict.FALSIFIED.code, w
                     details[i] = "the point itself violates the spec"
                     continue
@@ -396,23 +422,23 @@ class LinearBoundsEngine(EngineBase):
         """Per goal: the best clause's smallest atom lower bound on the goal's region (inf
         when a clause is trivially true or the region empty, -inf without alternatives). A
         goal is proved where it is > 0."""
-        atoms = [_Atoms.of(g) for g in goals]
         out = np.full(len(goals), -np.inf)
-        live = [i for i, a in enumerate(atoms) if a is not None and not a.trivial and a.C]
-        for i, a in enumerate(atoms):
+        live: list[tuple[int, _Atoms]] = []  # goals with atoms to bound
+        for i, goal in enumerate(goals):
+            a = _Atoms.of(goal)
             if a is not None and a.trivial:
                 out[i] = np.inf
+            elif a is not None and a.C:
+                live.append((i, a))
         if not live:
             return out
         m = net.weights[-1].shape[0]
-        p = max(len(atoms[i].C) for i in live)  # type: ignore[union-attr]
+        p = max(len(a.C) for _, a in live)
         C = np.zeros((len(live), p, m))
         d = np.zeros((len(live), p))
-        for r, i in enumerate(live):
-            a = atoms[i]
-            assert a is not None
+        for r, (_, a) in enumerate(live):
             C[r, : len(a.C)], d[r, : len(a.d)] = np.array(a.C), a.d
-        sets = Sets.of([atoms[i].inputs for i in live], device)  # type: ignore[union-attr]
+        sets = Sets.of([a.inputs for _, a in live], device)
         with torch.no_grad():
             value = atom_bounds(
                 net,
@@ -422,9 +448,7 @@ class LinearBoundsEngine(EngineBase):
                 self.config,
             )
         value = np.nan_to_num(value.cpu().numpy(), nan=-np.inf)  # NaN (overflow) proves nothing
-        for r, i in enumerate(live):
-            a = atoms[i]
-            assert a is not None
+        for r, (i, a) in enumerate(live):
             worst: dict[int, float] = {}
             for k, c in enumerate(a.clause):
                 worst[c] = min(worst.get(c, np.inf), float(value[r, k]))
@@ -438,7 +462,8 @@ class LinearBoundsEngine(EngineBase):
         prop = spec.as_property()
         region = prop.region
         if isinstance(region, Polytope):
-            assert region.box is not None  # needs_bounded_precondition
+            if region.box is None:  # refused by supports() (needs_bounded_precondition)
+                raise UnsupportedError("the crown engine needs a bounded precondition")
             region = region.box
         goal = Goal((attrs.evolve(prop, region=region),))
         margin = self._margins(self._net(network, device), [goal], device)[0]

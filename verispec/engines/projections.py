@@ -60,14 +60,7 @@ from numpy.typing import NDArray
 from verispec import options
 from verispec.attacks import pgd_attack
 from verispec.engines.base import EngineBase, register_engine, resolve_device
-from verispec.engines.linear_bounds import (
-    Sets,
-    TorchNet,
-    back_substitute,
-    crown_bounds,
-    interval_atoms,
-    interval_bounds,
-)
+from verispec.engines.linear_bounds import Method, Sets, TorchNet, atoms_from, layer_bounds
 from verispec.errors import UnsupportedError
 from verispec.network import Network
 from verispec.properties import Goal
@@ -190,6 +183,9 @@ class _Lowered:
         self.Wabs = [w.abs() for w in self.W]
         self.babs = [b.abs() for b in self.b]
         self.masked = [torch.as_tensor(np.flatnonzero(m), device=device) for m in net.relu]
+        relu = tuple(torch.as_tensor(np.asarray(m), device=device) for m in net.relu)
+        self.torch_net = TorchNet(tuple(self.W), tuple(self.b), relu)
+        """The same tensors, for the linear bounds."""
         sizes = [int(m.sum()) for m in net.relu]
         self.relu_sizes = sizes
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
@@ -301,33 +297,27 @@ class _Explorer:
         if not rows:
             return unstable, proved
         dev = self.low.device
-        net = TorchNet.of(self.low.net, dev)
+        net = self.low.torch_net
         inputs = [InputSet.of(self.targets[i].goal.alternatives[0].region) for i in rows]
         sets = Sets.of(inputs, dev)
+        method = Method(self.config.bounds)
         with torch.no_grad():
-            if self.config.bounds == "ibp":
-                los, his = interval_bounds(net, sets)
-            else:
-                los, his = crown_bounds(net, sets)
+            los, his = layer_bounds(net, sets, method)
             for k in range(len(self.low.masked)):
                 idx = self.low.masked[k]
                 lo, hi = los[k][:, idx], his[k][:, idx]
                 bits = ((lo <= 0) & (hi >= 0)).cpu().numpy()
                 unstable[rows, self.low.offsets[k] : self.low.offsets[k + 1]] = bits
-            L = len(los) - 1
-            C, d = self.C[rows], self.d[rows]
-            value = torch.maximum(
-                interval_atoms(los[L], his[L], C, d),
-                back_substitute(net, sets, los, his, C, d, L)
-                if self.config.bounds == "crown"
-                else interval_atoms(los[L], his[L], C, d),
-            )
+            value = atoms_from(net, sets, los, his, self.C[rows], self.d[rows], method)
             safe = np.nan_to_num(value.cpu().numpy(), nan=-np.inf) > 0
-        for r, i in enumerate(rows):
-            atoms = safe[r]
-            clause_ok = ~np.any(self.atom_in_clause[i] & ~atoms[None, :], axis=1)
-            proved[i] = bool(np.any(self.clause_in_alt[i] & clause_ok[None, :]))
+        proved[rows] = self._holding(np.array(rows, dtype=np.int64), safe).any(axis=1)
         return unstable, proved
+
+    def _holding(self, tidx: NDArray[np.int64], safe: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        """(B, alternatives): for items of targets ``tidx`` with safe atoms ``safe`` (B, T),
+        the alternatives with a clause whose atoms are all safe."""
+        clause_ok = ~np.any(self.atom_in_clause[tidx] & ~safe[:, None, :], axis=2)
+        return np.any(self.clause_in_alt[tidx] & clause_ok[:, None, :], axis=2)
 
     # -- one batched pass ---------------------------------------------------------------------
     def _rho(self, J: torch.Tensor, tidx: torch.Tensor) -> torch.Tensor:
@@ -541,9 +531,7 @@ class _Explorer:
                 self._charge(spent, all_tidx, time.perf_counter() - start)
                 continue
             reach, safe, u, Ja = self.evaluate(tidx, patterns)
-            # alternatives that fail in these regions
-            clause_ok = ~np.any(self.atom_in_clause[tidx] & ~safe[:, None, :], axis=2)
-            alt_ok = np.any(self.clause_in_alt[tidx] & clause_ok[:, None, :], axis=2)
+            alt_ok = self._holding(tidx, safe)  # alternatives that fail in these regions
             for row, i in enumerate(tidx_list):
                 if outcome[i] is not None:
                     continue

@@ -132,24 +132,36 @@ class SelectiveEnsemble(Ensemble):
         certified = significant & self.robust[s_a, np.minimum(worst_b, k)]
         predicted = np.where(significant, top, NO_CLASS)
         details = tuple(
-            self._detail(counts[p], int(top[p]), int(n_a[p]), int(n_b[p]), bool(significant[p]))
-            + (
-                f"; worst case on the ball {int(s_a[p])} vs {int(worst_b[p])}: "
-                + ("still significant, certified" if certified[p] else "may abstain or change")
-                if significant[p]
-                else ""
+            self._detail(
+                counts[p],
+                int(top[p]),
+                (int(n_a[p]), int(n_b[p])),
+                bool(certified[p]),
+                (int(s_a[p]), int(worst_b[p])) if significant[p] else None,
             )
             for p in range(n)
         )
         warned = (self.warning,) if self.warning else ()
         return Answer(predicted, certified, details, abstained=~significant, warnings=warned)
 
-    def _detail(self, counts: np.ndarray, top: int, a: int, b: int, significant: bool) -> str:
+    def _detail(
+        self,
+        counts: np.ndarray,
+        top: int,
+        top_two: tuple[int, int],
+        certified: bool,
+        worst: tuple[int, int] | None,
+    ) -> str:
+        """The votes, the test of the top two counts, and (where it answers) the worst case
+        on the ball."""
         votes = ", ".join(f"{c}: {int(v)}" for c, v in enumerate(counts.tolist()) if v)
+        a, b = top_two
         p = self.pvalues[a, b]
-        verb = (
-            f"<= alpha {self.alpha:g}: class {top}"
-            if significant
-            else (f"> alpha {self.alpha:g}: abstains")
+        text = f"votes {votes}; top two {a} vs {b}, p = {p:.8g} "
+        if worst is None:
+            return text + f"> alpha {self.alpha:g}: abstains"
+        verdict = "still significant, certified" if certified else "may abstain or change"
+        return (
+            text + f"<= alpha {self.alpha:g}: class {top}; worst case on the ball "
+            f"{worst[0]} vs {worst[1]}: {verdict}"
         )
-        return f"votes {votes}; top two {a} vs {b}, p = {p:.8g} {verb}"
