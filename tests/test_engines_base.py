@@ -391,3 +391,34 @@ def test_point_validation_accepts_exactly_the_finite_points_in_the_domain(xs, un
         else:
             with pytest.raises(SpecError, match=r"NaN or infinity|outside the data domain"):
                 PointsOnly().check(_net(), LocalRobustness(0.1, Norm.L2), arr, None, box)
+
+
+def test_a_certificate_at_an_unconfirmed_near_tie_is_withdrawn():
+    """Found by the soundness suite on the smt engine: logits near 1e20, float64 puts class 0
+    on top, exact arithmetic class 1; the goal names class 0, and the solver, deciding the
+    lowered network (composed float64 weights), certified it."""
+    from verispec.solvers.base import SolverConfig
+
+    import verispec.network as vn
+
+    net = vn.Network(
+        [
+            vn.BatchNorm(np.array([9.760671056420785]), np.array([-5.328128406083632])),
+            vn.Dense(np.array([[1.0]]), np.array([0.0])),
+            vn.Dense(np.array([[1e8]]), np.array([0.0])),
+            vn.Dense(np.array([[1e8]]), np.array([0.0])),
+            vn.Normalize(np.array([0.37720028425775887]), np.array([-0.1])),
+            vn.Dense(
+                np.array([[0.49999999], [10000.0003], [0.5000000005], [-1.0000001]]),
+                np.array([1.1192587796137391e20, -3.3584467743735303e20, 1.1192583362940748e20,
+                          1.1199300211779589e20]),
+            ),
+        ],
+        (1,),
+    )  # fmt: skip
+    x = np.array([[0.4999999944944531]])
+    spec = LocalRobustness(2.769784042531284e-17, Norm.L2)
+    result = engine_class("smt")(SolverConfig(timeout=10.0)).check(
+        net, spec, x, None, Box.uniform(0.0, 1.0, (1,))
+    )
+    assert result[0].verdict is Verdict.UNKNOWN and "near-tie" in result[0].detail

@@ -215,7 +215,8 @@ class EngineBase(abc.ABC):
 
 NEAR_TIE = 1e-11
 """Relative gap between ranked logits at x below which float64 does not decide the ranking
-(``NEAR_TIE * (1 + max |y|)``): a spec compiled from that ranking is never FALSIFIED there."""
+(``NEAR_TIE * (1 + max |y|)``): a spec compiled from that ranking is never FALSIFIED or
+CERTIFIED there unless exact arithmetic confirms the ranking."""
 
 NEAR_TIE_DETAIL = "near-tie at the point: float64 does not decide its ranking of the classes"
 
@@ -223,18 +224,22 @@ NEAR_TIE_DETAIL = "near-tie at the point: float64 does not decide its ranking of
 def _undecided_at_near_ties(
     network: Network, spec: PointSpec, xs: FloatArray, batch: BatchResult
 ) -> BatchResult:
-    """FALSIFIED -> UNKNOWN where the spec's ranking at x (top two classes; the first k + 1 for
-    relaxed top-k) is a float64 near-tie that exact rational arithmetic does not confirm: the
-    goal itself may name the wrong class, so a witness against it proves nothing. (CERTIFIED
-    needs a strict margin and cannot occur.)"""
-    falsified = np.flatnonzero(batch.verdicts == Verdict.FALSIFIED.code)
-    if not len(falsified):
+    """FALSIFIED or CERTIFIED -> UNKNOWN where the spec's ranking at x (top two classes; the
+    first k + 1 for relaxed top-k) is a float64 near-tie that exact rational arithmetic does
+    not confirm: the goal itself may name the wrong class, so neither a witness against it
+    nor a proof of it says anything about the spec. (An engine whose certificate needs a
+    margin above its rounding never certifies there; an exact solver on the lowered network,
+    whose composed float64 weights round, can.)"""
+    decided = np.flatnonzero(
+        (batch.verdicts == Verdict.FALSIFIED.code) | (batch.verdicts == Verdict.CERTIFIED.code)
+    )
+    if not len(decided):
         return batch
-    ys = np.sort(network.forward64(xs[falsified]), axis=1)[:, ::-1]
+    ys = np.sort(network.forward64(xs[decided]), axis=1)[:, ::-1]
     depth = min(ys.shape[1], spec.k + 1 if isinstance(spec, RelaxedTopK) else 2)
     gaps = np.min(ys[:, : depth - 1] - ys[:, 1:depth], axis=1) if depth > 1 else np.inf
     scale = 1.0 + np.max(np.abs(ys), axis=1)
-    close = falsified[gaps <= NEAR_TIE * scale]
+    close = decided[gaps <= NEAR_TIE * scale]
     tied = np.array(
         [i for i in close.tolist() if not _float_ranking_is_exact(network, xs[i], depth)],
         dtype=np.int64,
