@@ -36,18 +36,18 @@ from typing import Any, ClassVar, Protocol
 
 import attrs
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from verispec.solvers.bounds import (
     BoundMethod,
     Bounds,
     InputSet,
     back_substitute,
-    batch_back_substitute,
-    batch_linear_bounds,
-    batch_unstable,
     compute_bounds,
+    output_deviation,
 )
 from verispec.solvers.lowering import PiecewiseLinearNet, lower
+from verispec.solvers.propagation import Sets, TorchNet, crown_bounds, linear_lower
 
 from verispec import options
 from verispec.attacks import pgd_attack, sample_attack
@@ -281,7 +281,9 @@ class ExactSolverBase:
                 return None  # an empty conjunction is true
             lb = back_substitute(net, inp, bounds, last, clause.C, clause.d)
             ub = back_substitute(net, inp, bounds, last, -clause.C, -clause.d)
-            lower, upper = lb.value, -ub.value
+            # lower holds for the exact network; upper (big-M) must hold for the lowered one
+            lower = lb.value
+            upper = -ub.value + output_deviation(net, inp, bounds, clause.C)
             live = lower <= 0
             if not live.any():
                 return None  # every atom > 0 everywhere: the clause, hence the predicate
@@ -304,7 +306,12 @@ class ExactSolverBase:
         if violation is None:
             return Verdict.CERTIFIED, None, f"proved by the bounds; {stats}"
         tol = self.config.tolerance
-        first = self._search(Query(net, inp, bounds, violation, tol), deadline)
+        # The search decides the lowered network: a violation of the exact one is a violation
+        # of the lowered one by at most the outputs' deviation, which the margin adds.
+        slack = max(
+            (float(output_deviation(net, inp, bounds, a.C).max()) for a in violation), default=0.0
+        )
+        first = self._search(Query(net, inp, bounds, violation, tol + slack), deadline)
         if first.status is SearchStatus.NONE:
             return Verdict.CERTIFIED, None, f"{self.name}: no violation; {stats}"
         if first.status in (SearchStatus.TIMEOUT, SearchStatus.ERROR):
@@ -367,7 +374,7 @@ class ExactSolverBase:
         deadline: float,
     ) -> tuple[Verdict, FloatArray | None, str]:
         """Branch and bound over the input box, a frontier of boxes at a time: bound each box
-        (``batch_bounds``: forward linear bounds, then CROWN on the atoms), drop the boxes where
+        (CROWN, batched over the frontier, on every layer and on the atoms), drop the boxes where
         some clause provably holds, try the centre and the minimising vertex of every atom's
         linear bound as witnesses, run the exact search on boxes with few unstable ReLUs, and
         halve the others."""
@@ -406,28 +413,42 @@ class ExactSolverBase:
     def _bound_boxes(
         self, net: PiecewiseLinearNet, prop: Property, lo: FloatArray, hi: FloatArray
     ) -> tuple[NDArray[np.bool_], FloatArray, FloatArray, NDArray[np.integer]]:
-        """For boxes (B, d): which may still hold a violation (no clause proved everywhere),
-        a split score per dimension (|coefficient| x width of the live atoms' linear lower
-        bounds), candidate witnesses (centres and minimising vertices, (n, d)), and the
-        number of unstable ReLUs of each box."""
-        los, his = batch_linear_bounds(net, lo, hi)
+        """For boxes (B, d): which may still hold a violation (no clause proved everywhere by
+        CROWN, ``propagation.py``), a split score per dimension (|coefficient| x width of the
+        live atoms' linear lower bounds), candidate witnesses (centres and minimising
+        vertices, (n, d)), and the number of unstable ReLUs of each box."""
+        tnet = TorchNet.of(net, torch.device("cpu"))
+        sets = Sets.boxes(torch.tensor(lo), torch.tensor(hi))
+        B = lo.shape[0]
         width = hi - lo
-        safe = np.zeros(lo.shape[0], dtype=bool)
+        safe = np.zeros(B, dtype=bool)
         score = np.zeros_like(lo)
         points = [(lo + hi) / 2]
-        for clause in prop.predicate.clauses:
-            if clause.C.shape[0] == 0:
-                safe[:] = True  # an empty conjunction is true
-                break
-            value, coef = batch_back_substitute(net, lo, hi, los, his, clause.C, clause.d)
-            live = value <= 0
-            safe |= ~live.any(axis=1)
-            score += (np.abs(coef) * width[:, None, :] * live[:, :, None]).sum(axis=1)
-            # The vertex minimising the linear lower bound of the clause's most violable atom.
-            worst = np.argmin(value, axis=1)
-            c = coef[np.arange(lo.shape[0]), worst]
-            points.append(np.where(c > 0, lo, hi))
-        return ~safe, score, np.concatenate(points), batch_unstable(net, los, his)
+        with torch.no_grad():
+            los, his = crown_bounds(tnet, sets)
+            unstable = sum(
+                (m & (a < 0) & (b > 0)).sum(dim=1)
+                for m, a, b in zip(tnet.relu, los, his, strict=False)
+            )
+            for clause in prop.predicate.clauses:
+                if clause.C.shape[0] == 0:
+                    safe[:] = True  # an empty conjunction is true
+                    break
+                C = torch.tensor(clause.C).expand(B, *clause.C.shape)
+                d = torch.tensor(clause.d).expand(B, clause.d.size)
+                lb = linear_lower(tnet, sets, los, his, C, d, net.depth - 1)
+                value = np.nan_to_num(lb.value.numpy(), nan=-np.inf)
+                coef = lb.coef.numpy()
+                live = value <= 0
+                safe |= ~live.any(axis=1)
+                score += (np.abs(coef) * width[:, None, :] * live[:, :, None]).sum(axis=1)
+                # The vertex minimising the linear lower bound of the clause's most violable
+                # atom.
+                worst = np.argmin(value, axis=1)
+                c = coef[np.arange(B), worst]
+                points.append(np.where(c > 0, lo, hi))
+        count = np.asarray(unstable, dtype=np.int64) if net.relu else np.zeros(B, np.int64)
+        return ~safe, score, np.concatenate(points), count
 
     def _try_points(
         self, network: Network, net: PiecewiseLinearNet, prop: Property, points: FloatArray
@@ -444,7 +465,7 @@ class ExactSolverBase:
 
 
 BATCH = 64
-"""Boxes bounded together in one numpy pass by the input branch and bound."""
+"""Boxes bounded together in one batched pass by the input branch and bound."""
 
 
 def _take(

@@ -1,11 +1,18 @@
-"""Pre-activation bounds over an input set: interval arithmetic, linear bound propagation
-(CROWN-style back-substitution) and LP tightening.
+"""Pre-activation bounds over an input set for the exact solvers: the torch propagation of
+``propagation.py`` (interval arithmetic, CROWN back-substitution) on one input set, and LP
+tightening.
 
 The exact encodings take their big-M constants from these bounds and drop the binaries of
 stable ReLUs, so every bound must be *valid* (a true lower / upper bound of the neuron over
 the whole input set); tightness only buys speed. Each method returns bounds at least as tight
 as the ones it was given (the intersection of valid bounds is valid). Floating-point error is
 covered by padding every computed bound outward by ``PAD`` (relative + absolute).
+
+The solvers encode the *lowered* network, whose composed weights may differ from the exact
+network's by the lowering's error (``lowering.py``). Every ``Bounds`` here holds for both:
+the propagation bounds the exact network, and ``deviation`` (a rigorous bound of how far the
+two networks' pre-activations can be apart on the set) widens them to cover the lowered one.
+The solvers widen their certification margin by the deviation of the outputs.
 
 The input set is a box, optionally intersected with an l2 ball and/or a polytope
 {x : A x <= b}; all methods are sound for that intersection (the l2 ball and polytope only
@@ -19,18 +26,19 @@ import functools
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from verispec.solvers.lowering import PiecewiseLinearNet
+from verispec.solvers.propagation import PAD, Sets, TorchNet, crown_bounds, linear_lower
+from verispec.solvers.propagation import interval_bounds as propagate_intervals
 
 from verispec.errors import SpecError, UnsupportedError
 from verispec.regions import Ball, Box, FloatArray, Norm, Polytope, Region, frozen_array
-
-PAD = 1e-9
-"""Relative and absolute outward padding of every computed bound (float64 rounding)."""
 
 LP_PAD = 1e-7
 """Outward padding of LP bounds (the LP solver's optimality tolerance, relative + absolute)."""
@@ -167,60 +175,91 @@ class Bounds:
 _RANK = [BoundMethod.INTERVAL, BoundMethod.LINEAR, BoundMethod.LP]
 
 
-def _activate(
-    net: PiecewiseLinearNet, k: int, lo: FloatArray, hi: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    mask = net.relu[k]
-    return np.where(mask, np.maximum(lo, 0), lo), np.where(mask, np.maximum(hi, 0), hi)
+CPU = torch.device("cpu")
 
 
-def _affine_interval(
-    W: FloatArray, b: FloatArray, lo: FloatArray, hi: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    """Bounds of W a + b for lo <= a <= hi, padded relative to the magnitude of the terms
-    summed (cancellation cannot hide their rounding)."""
-    mid, rad = (lo + hi) / 2, (hi - lo) / 2
-    centre, spread = W @ mid + b, np.abs(W) @ rad
-    mag = np.abs(W) @ (np.abs(mid) + rad) + np.abs(b)
-    slack = PAD * (1.0 + mag)
-    return centre - spread - slack, centre + spread + slack
+def to_sets(inputs: Sequence[InputSet], device: torch.device = CPU) -> Sets:
+    """Input sets (their boxes and l2 balls; a polytope is left to the LP) as one batch."""
+
+    def stack(values: Sequence[FloatArray]) -> torch.Tensor:
+        return torch.as_tensor(np.stack(values), dtype=torch.float64, device=device)
+
+    centers = [s.center if s.center is not None else (s.lo + s.hi) / 2 for s in inputs]
+    eps = [s.l2_eps if s.l2_eps is not None else np.nan for s in inputs]
+    return Sets(
+        stack([s.lo for s in inputs]),
+        stack([s.hi for s in inputs]),
+        stack(centers),
+        torch.tensor(eps, dtype=torch.float64, device=device),
+    )
+
+
+def _numpy(values: list[torch.Tensor]) -> tuple[FloatArray, ...]:
+    return tuple(v[0].numpy().copy() for v in values)
+
+
+def _tensors(values: tuple[FloatArray, ...]) -> list[torch.Tensor]:
+    return [torch.as_tensor(v[None]) for v in values]
+
+
+def _finish(net: PiecewiseLinearNet, inp: InputSet, bounds: Bounds) -> Bounds:
+    """Bounds of the exact network widened by the deviation: valid for the lowered one too."""
+    dev = deviation(net, inp, bounds)
+    if dev is None:
+        return bounds
+    lo = tuple(a - d for a, d in zip(bounds.lo, dev, strict=True))
+    hi = tuple(a + d for a, d in zip(bounds.hi, dev, strict=True))
+    return Bounds(lo, hi, bounds.method)
+
+
+def deviation(net: PiecewiseLinearNet, inp: InputSet, bounds: Bounds) -> list[FloatArray] | None:
+    """Per layer, a bound of |z_k(exact) - z_k(lowered)| on the set (None when the lowering is
+    exact), from the lowering's error bounds and the magnitudes ``bounds`` allow:
+    Delta_k = |W_k| Delta_{k-1} + E_k (|h_{k-1}| + Delta_{k-1}) + e_k (ReLU is 1-Lipschitz)."""
+    if net.exact:
+        return None
+    size = np.maximum(np.abs(inp.lo), np.abs(inp.hi))
+    prev = np.zeros_like(size)
+    out = []
+    for k, (E, e) in enumerate(zip(net.weight_errors(), net.bias_errors(), strict=True)):
+        W = net.weights[k]
+        dev = np.abs(W) @ prev
+        if E is not None:
+            dev = dev + E @ (size + prev)
+        if e is not None:
+            dev = dev + e
+        dev = dev * (1 + PAD) + (W.shape[1] + 2) * 2.0**-1074  # its own rounding
+        out.append(dev)
+        if k + 1 < net.depth:
+            lo, hi = bounds.lo[k], bounds.hi[k]
+            a_lo = np.where(net.relu[k], np.maximum(lo, 0), lo)
+            a_hi = np.where(net.relu[k], np.maximum(hi, 0), hi)
+            size, prev = np.maximum(np.abs(a_lo), np.abs(a_hi)), dev
+    return out
+
+
+def output_deviation(
+    net: PiecewiseLinearNet, inp: InputSet, bounds: Bounds, C: FloatArray
+) -> FloatArray:
+    """Per row of ``C`` (p, m): a bound of |C (f(exact) - f(lowered))| on the set (zeros when
+    the lowering is exact)."""
+    dev = deviation(net, inp, bounds)
+    if dev is None:
+        return np.zeros(C.shape[0])
+    return np.asarray((np.abs(C) @ dev[-1]) * (1 + PAD))
 
 
 def interval_bounds(net: PiecewiseLinearNet, inp: InputSet) -> Bounds:
     """Interval arithmetic, layer by layer (the first layer bounded exactly over the set)."""
-    W0, b0 = net.weights[0], net.biases[0]
-    mag0 = np.abs(W0) @ np.maximum(np.abs(inp.lo), np.abs(inp.hi)) + np.abs(b0)
-    slack = PAD * (1.0 + mag0)
-    lo, hi = inp.lower(W0) + b0 - slack, -inp.lower(-W0) + b0 + slack
-    later = _interval_from(net, 0, lo, hi)
-    los = [lo] + [pair[0] for pair in later]
-    his = [hi] + [pair[1] for pair in later]
-    return Bounds(tuple(los), tuple(his), BoundMethod.INTERVAL)
-
-
-def _relaxation(
-    net: PiecewiseLinearNet, k: int, lo: FloatArray, hi: FloatArray
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Per-neuron linear relaxation of h_k = act(z_k): lower slope, upper slope, upper
-    intercept (lower intercept is 0): lower_slope z <= h <= upper_slope z + upper_icpt."""
-    relu = net.relu[k]
-    unstable = relu & (lo < 0) & (hi > 0)
-    dead = relu & (hi <= 0)
-    up_slope = np.where(dead, 0.0, 1.0)
-    up_icpt = np.zeros_like(lo)
-    lo_slope = up_slope.copy()
-    if unstable.any():
-        s = hi[unstable] / (hi[unstable] - lo[unstable])
-        up_slope[unstable] = s
-        up_icpt[unstable] = -s * lo[unstable]
-        lo_slope[unstable] = (hi[unstable] >= -lo[unstable]).astype(float)
-    return lo_slope, up_slope, up_icpt
+    with torch.no_grad():
+        los, his = propagate_intervals(TorchNet.of(net, CPU), to_sets([inp]))
+    return _finish(net, inp, Bounds(_numpy(los), _numpy(his), BoundMethod.INTERVAL))
 
 
 @attrs.frozen(eq=False)
 class LinearBound:
-    """``coef @ x + const`` is a valid lower bound of a linear function of the outputs over the
-    input set; ``value`` is its minimum over the set (a valid numeric lower bound)."""
+    """``coef @ x + const`` is a linear lower bound of a linear function of the outputs over
+    the input set; ``value`` is its minimum over the set (a valid numeric lower bound)."""
 
     coef: FloatArray
     const: FloatArray
@@ -235,69 +274,31 @@ def back_substitute(
     spec: FloatArray,
     offset: FloatArray,
 ) -> LinearBound:
-    """CROWN lower bound of ``spec @ z_k + offset`` (spec (p, n_k)) over the input set, by
-    back-substitution through the relaxations of layers < k (0-based ``k``)."""
-    M = spec @ net.weights[k]
-    const = spec @ net.biases[k] + offset
-    # Magnitudes of everything summed so far: the rounding of M and const is bounded relative
-    # to them, not to the (possibly cancelled) results.
-    M_mag = np.abs(spec) @ np.abs(net.weights[k])
-    const_mag = np.abs(spec) @ np.abs(net.biases[k]) + np.abs(offset)
-    for j in range(k - 1, -1, -1):
-        lo_slope, up_slope, up_icpt = _relaxation(net, j, bounds.lo[j], bounds.hi[j])
-        pos = M >= 0
-        slope = np.where(pos, lo_slope, up_slope)
-        icpt = np.where(pos, 0.0, M * up_icpt)
-        const = const + icpt.sum(axis=1)
-        const_mag = const_mag + np.abs(icpt).sum(axis=1) + M_mag @ np.abs(up_icpt)
-        M = M * slope
-        M_mag = M_mag * np.maximum(np.abs(lo_slope), np.abs(up_slope))
-        const = const + M @ net.biases[j]
-        const_mag = const_mag + M_mag @ np.abs(net.biases[j])
-        M = M @ net.weights[j]
-        M_mag = M_mag @ np.abs(net.weights[j])
-    value = inp.lower(M) + const
-    mag = np.abs(value) + (np.abs(M) + M_mag).sum(axis=1) * _scale(inp) + const_mag
-    value = value - PAD * (1.0 + mag)
-    return LinearBound(M, const, value)
-
-
-def _scale(inp: InputSet) -> float:
-    return float(np.max(np.abs(np.concatenate([inp.lo, inp.hi])), initial=1.0))
+    """CROWN lower bound of ``spec @ z_k + offset`` (spec (p, n_k)) over the input set, for
+    the exact network, by back-substitution through the relaxations of layers < k (0-based
+    ``k``)."""
+    C = torch.as_tensor(np.array(spec, dtype=np.float64)[None])
+    d = torch.as_tensor(np.array(offset, dtype=np.float64)[None])
+    with torch.no_grad():
+        lb = linear_lower(
+            TorchNet.of(net, CPU),
+            to_sets([inp]),
+            _tensors(bounds.lo),
+            _tensors(bounds.hi),
+            C,
+            d,
+            k,
+        )
+    return LinearBound(lb.coef[0].numpy(), lb.const[0].numpy(), lb.value[0].numpy())
 
 
 def linear_bounds(net: PiecewiseLinearNet, inp: InputSet, start: Bounds | None = None) -> Bounds:
     """Back-substitution bounds for every layer, intersected with interval bounds (and with
     ``start`` when given)."""
-    base = interval_bounds(net, inp) if start is None else start
-    los, his = list(base.lo), list(base.hi)
-    for k in range(1, net.depth):
-        current = Bounds(tuple(los), tuple(his), BoundMethod.LINEAR)
-        n = net.weights[k].shape[0]
-        spec = np.vstack([np.eye(n), -np.eye(n)])
-        lb = back_substitute(net, inp, current, k, spec, np.zeros(2 * n)).value
-        lo, hi = np.maximum(los[k], lb[:n]), np.minimum(his[k], -lb[n:])
-        if k < net.depth - 1:
-            # Tighter bounds of layer k change the interval bounds of the layers after it.
-            los[k], his[k] = lo, hi
-            refreshed = _interval_from(net, k, lo, hi)
-            for j, (l2, h2) in enumerate(refreshed, start=k + 1):
-                los[j], his[j] = np.maximum(los[j], l2), np.minimum(his[j], h2)
-        else:
-            los[k], his[k] = lo, hi
-    return Bounds(tuple(los), tuple(his), BoundMethod.LINEAR)
-
-
-def _interval_from(
-    net: PiecewiseLinearNet, k: int, lo: FloatArray, hi: FloatArray
-) -> list[tuple[FloatArray, FloatArray]]:
-    """Interval bounds of layers k+1.. from the bounds (lo, hi) of layer k."""
-    out = []
-    for j in range(k + 1, net.depth):
-        a_lo, a_hi = _activate(net, j - 1, lo, hi)
-        lo, hi = _affine_interval(net.weights[j], net.biases[j], a_lo, a_hi)
-        out.append((lo, hi))
-    return out
+    given = None if start is None else (_tensors(start.lo), _tensors(start.hi))
+    with torch.no_grad():
+        los, his = crown_bounds(TorchNet.of(net, CPU), to_sets([inp]), given)
+    return _finish(net, inp, Bounds(_numpy(los), _numpy(his), BoundMethod.LINEAR))
 
 
 @functools.cache
@@ -497,7 +498,9 @@ def lp_bounds(
                 continue
             hi[i] = min(hi[i], -lp.minimize(-cost, left) + b[i])
         los[k], his[k] = lo, hi
-        tightened = linear_bounds(net, inp, Bounds(tuple(los), tuple(his), BoundMethod.LP))
+        # The LP bounds the lowered network: widened, they hold for the exact one too.
+        lp = _finish(net, inp, Bounds(tuple(los), tuple(his), BoundMethod.LP))
+        tightened = linear_bounds(net, inp, lp)
         los, his = list(tightened.lo), list(tightened.hi)
     return Bounds(tuple(los), tuple(his), BoundMethod.LP)
 
@@ -523,196 +526,3 @@ def compute_bounds(
     if method is BoundMethod.LINEAR:
         return linear_bounds(net, inp)
     return lp_bounds(net, inp, deadline=deadline)
-
-
-# -- batched bounds over many boxes (input branch and bound) -------------------------------------
-
-
-def _relax_batch(
-    relu: NDArray[np.bool_], lo: FloatArray, hi: FloatArray
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """``_relaxation`` for bounds of shape (B, n): lower slope, upper slope, upper intercept."""
-    unstable = relu & (lo < 0) & (hi > 0)
-    dead = relu & (hi <= 0)
-    base = np.where(dead, 0.0, 1.0)
-    s = np.where(unstable, hi / np.where(unstable, hi - lo, 1.0), base)
-    up_icpt = np.where(unstable, -s * lo, 0.0)
-    lo_slope = np.where(unstable, (hi >= -lo).astype(np.float64), base)
-    return lo_slope, s, up_icpt
-
-
-def _concretize(
-    A: FloatArray, mid: FloatArray, rad: FloatArray, mag: FloatArray, sign: float
-) -> FloatArray:
-    """Min (sign -1) or max (sign +1) over each box (mid, rad (B, d)) of the linear functions
-    ``x @ A[:, :d] + A[:, d]`` (A (B, d + 1, n): input coefficients, then the constant), padded
-    outward by ``PAD (1 + |v| + mag)``, where ``mag`` (B, n) bounds the sum of the absolute
-    values of every term that entered them (the rounding error of every dot product on the way
-    is below depth x width x 2^-53 x mag, far below PAD x mag)."""
-    d = mid.shape[1]
-    coef = A[:, :d, :]
-    v = (coef * mid[:, :, None]).sum(axis=1) + sign * (np.abs(coef) * rad[:, :, None]).sum(axis=1)
-    v = v + A[:, d, :]
-    return v + sign * PAD * (1.0 + np.abs(v) + mag)
-
-
-def _gemm(A: FloatArray, W: FloatArray) -> FloatArray:
-    """``A @ W`` for A (B, p, n) and W (n, m) as one matrix product."""
-    B, p, n = A.shape
-    return (A.reshape(B * p, n) @ W).reshape(B, p, W.shape[1])
-
-
-def batch_bounds(
-    net: PiecewiseLinearNet, lo: FloatArray, hi: FloatArray
-) -> tuple[list[FloatArray], list[FloatArray]]:
-    """Valid pre-activation bounds of every layer over each box [lo[i], hi[i]] ((B, d) arrays),
-    by forward propagation of linear lower / upper functions of the input (the symbolic
-    intervals of ReluVal / Neurify with the relaxations of ``_relaxation``), intersected with
-    interval arithmetic. Much cheaper than back-substitution for each neuron (O(n^2 d) per
-    layer instead of O(n^3) per pair of layers) and tight for low-dimensional inputs.
-    Returns per-layer arrays of shape (B, n_k)."""
-    mid, rad = (lo + hi) / 2, (hi - lo) / 2
-    scale = np.maximum(np.abs(lo), np.abs(hi))
-    B, d = lo.shape
-    W, b = net.weights[0], net.biases[0]
-    # Linear functions of x as (B, d + 1, n): the coefficients of x, then the constant.
-    Al = np.broadcast_to(np.vstack([W.T, b]), (B, d + 1, b.size))
-    Au = Al
-    mag = scale @ np.abs(W).T + np.abs(b)  # sum of |terms| of z_1 = W x + b, per box
-    f_lo = f_hi = lo  # the symbolic functions' own bounds (before the interval intersection)
-    los: list[FloatArray] = []
-    his: list[FloatArray] = []
-    a_lo = a_hi = lo
-    for k in range(net.depth):
-        if k:
-            W, b = net.weights[k], net.biases[k]
-            Wp, Wn, Wa = np.maximum(W, 0.0).T, np.minimum(W, 0.0).T, np.abs(W).T
-            Al, Au = _gemm(Al, Wp) + _gemm(Au, Wn), _gemm(Au, Wp) + _gemm(Al, Wn)
-            Al[:, d, :] += b
-            Au[:, d, :] += b
-            # The previous layer's relaxed values lie in [-|l|, u + |l|] over the box (l, u its
-            # symbolic bounds): |W| times that bounds the terms entering this layer.
-            a_lo, a_hi = _activate(net, k - 1, los[-1], his[-1])
-            mag = (np.maximum(np.abs(f_lo), np.abs(f_hi)) + np.abs(f_lo)) @ Wa + np.abs(b)
-        z_lo = _concretize(Al, mid, rad, mag, -1.0)
-        z_hi = _concretize(Au, mid, rad, mag, 1.0)
-        f_lo, f_hi = z_lo, z_hi
-        if k:
-            m, r = (a_lo + a_hi) / 2, (a_hi - a_lo) / 2
-            i_lo, i_hi = m @ W.T - r @ Wa + b, m @ W.T + r @ Wa + b
-            i_pad = PAD * (1.0 + np.maximum(np.abs(i_lo), np.abs(i_hi)))
-            i_pad = i_pad + PAD * (np.maximum(np.abs(a_lo), np.abs(a_hi)) @ Wa + np.abs(b))
-            z_lo, z_hi = np.maximum(z_lo, i_lo - i_pad), np.minimum(z_hi, i_hi + i_pad)
-        los.append(z_lo)
-        his.append(z_hi)
-        if k == net.depth - 1:
-            break
-        relu = net.relu[k]
-        unstable = relu & (z_lo < 0) & (z_hi > 0)
-        dead = relu & (z_hi <= 0)
-        s = np.where(unstable, z_hi / np.where(unstable, z_hi - z_lo, 1.0), np.where(dead, 0, 1))
-        alpha = np.where(unstable, (z_hi >= -z_lo).astype(np.float64), np.where(dead, 0, 1))
-        # relu(z) <= s (z - l) <= s (U(x) - l) and relu(z) >= alpha z >= alpha L(x), s, alpha >= 0.
-        Au = Au * s[:, None, :]
-        Au[:, d, :] -= np.where(unstable, s * z_lo, 0.0)
-        Al = Al * alpha[:, None, :]
-    return los, his
-
-
-def batch_unstable(
-    net: PiecewiseLinearNet, los: list[FloatArray], his: list[FloatArray]
-) -> NDArray:
-    """Number of unstable ReLUs of each box (B,) (zeros for a network without ReLUs)."""
-    count = np.zeros(los[0].shape[0] if los else 0, dtype=np.int64)
-    for m, lo, hi in zip(net.relu, los, his, strict=False):
-        count = count + (m & (lo < 0) & (hi > 0)).sum(axis=1)
-    return count
-
-
-def batch_back_substitute(
-    net: PiecewiseLinearNet,
-    lo: FloatArray,
-    hi: FloatArray,
-    los: list[FloatArray],
-    his: list[FloatArray],
-    C: FloatArray,
-    d: FloatArray,
-    k: int | None = None,
-) -> tuple[FloatArray, FloatArray]:
-    """CROWN lower bounds of ``C @ z_k + d`` (C (p, n_k), or (B, p, n_k) for one matrix per
-    box; d (p,) or (B, p); the outputs f(x) = z_L by default) over each box (lo, hi (B, d))
-    given valid pre-activation bounds ``los``/``his`` of the layers before it (per layer
-    (B, n_j)): the bound values (B, p) and the input coefficients (B, p, d) of the linear
-    lower bounds."""
-    B = lo.shape[0]
-    k = net.depth - 1 if k is None else k
-    Wk, bk = net.weights[k], net.biases[k]
-    C3 = np.broadcast_to(C, (B, *C.shape[-2:]))
-    p = C3.shape[1]
-    M = _gemm(C3, Wk)
-    const = np.broadcast_to(C3 @ bk + d, (B, p)).copy()
-    # ``mag`` bounds the sum of |terms| of every dot product on the way, evaluated at the
-    # magnitudes the back-substituted quantities take over the box (|h_j| <= ``size[j]``), for
-    # the padding of the rounding error.
-    size = [np.maximum(np.abs(lo), np.abs(hi))]
-    for j in range(k):
-        a_lo, a_hi = _activate(net, j, los[j], his[j])
-        size.append(np.maximum(np.abs(a_lo), np.abs(a_hi)) + np.abs(los[j]))
-    terms = size[k] @ np.abs(Wk).T + np.abs(bk)
-    mag = np.einsum("bpn,bn->bp", np.abs(C3), terms) + np.abs(d)
-    for j in range(k - 1, -1, -1):
-        lo_slope, up_slope, up_icpt = _relax_batch(net.relu[j], los[j], his[j])
-        pos = M >= 0
-        const = const + np.where(pos, 0.0, M * up_icpt[:, None, :]).sum(axis=2)
-        M = M * np.where(pos, lo_slope[:, None, :], up_slope[:, None, :])
-        const = const + M @ net.biases[j]
-        absM = np.abs(M)
-        terms = size[j] @ np.abs(net.weights[j]).T + np.abs(net.biases[j]) + np.abs(up_icpt)
-        mag = mag + np.einsum("bpn,bn->bp", absM, terms)
-        M = _gemm(M, net.weights[j])
-    mid, rad = (lo + hi) / 2, (hi - lo) / 2
-    absM = np.abs(M)
-    value = np.einsum("bpd,bd->bp", M, mid) - np.einsum("bpd,bd->bp", absM, rad) + const
-    mag = mag + np.einsum("bpd,bd->bp", absM, size[0]) + np.abs(const)
-    value = value - PAD * (1.0 + np.abs(value) + mag)
-    return value, M
-
-
-def batch_linear_bounds(
-    net: PiecewiseLinearNet, lo: FloatArray, hi: FloatArray
-) -> tuple[list[FloatArray], list[FloatArray]]:
-    """``batch_bounds`` tightened by CROWN back-substitution for the hidden layers after the
-    first (which is exact), layer by layer, each using the tightened bounds before it; only
-    the neurons not provably dead in a box are back-substituted for it."""
-    los, his = batch_bounds(net, lo, hi)
-    B = lo.shape[0]
-    rows = np.arange(B)[:, None]
-    for k in range(1, net.depth - 1):
-        # Every neuron not provably dead: unstable ones for their relaxations, active and
-        # pass-through ones for the interval bounds of the next layer.
-        unstable = ~net.relu[k] | (his[k] > 0)
-        U = int(unstable.sum(axis=1).max(initial=0))
-        if U == 0:
-            continue
-        # One spec per box: its own unstable neurons first (padded with zero rows).
-        order = np.argsort(~unstable, axis=1, kind="stable")[:, :U]
-        valid = np.take_along_axis(unstable, order, axis=1)
-        eye = np.zeros((B, U, unstable.shape[1]))
-        eye[rows, np.arange(U)[None, :], order] = valid
-        spec = np.concatenate([eye, -eye], axis=1)
-        val, _ = batch_back_substitute(net, lo, hi, los, his, spec, np.zeros(2 * U), k)
-        new_lo = np.where(valid, val[:, :U], -np.inf)
-        new_hi = np.where(valid, -val[:, U:], np.inf)
-        los[k][rows, order] = np.maximum(los[k][rows, order], new_lo)
-        his[k][rows, order] = np.minimum(his[k][rows, order], new_hi)
-        if k + 1 < net.depth - 1:
-            # Refresh the next layer's interval bounds from the tightened ones (cheap).
-            W, b, Wa = net.weights[k + 1], net.biases[k + 1], np.abs(net.weights[k + 1])
-            a_lo, a_hi = _activate(net, k, los[k], his[k])
-            m, r = (a_lo + a_hi) / 2, (a_hi - a_lo) / 2
-            i_lo, i_hi = m @ W.T - r @ Wa.T + b, m @ W.T + r @ Wa.T + b
-            pad = PAD * (1.0 + np.maximum(np.abs(i_lo), np.abs(i_hi)))
-            pad = pad + PAD * (np.maximum(np.abs(a_lo), np.abs(a_hi)) @ Wa.T + np.abs(b))
-            los[k + 1] = np.maximum(los[k + 1], i_lo - pad)
-            his[k + 1] = np.minimum(his[k + 1], i_hi + pad)
-    return los, his

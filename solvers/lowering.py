@@ -14,9 +14,14 @@ rule raises), exactly and on the IR's float64 values (no relaxation, no float32 
   surrounding affine map (convolutions and pooling become dense matrices, which is meant for
   the small inputs the exact solvers handle). A single layer's matrix is exact, except the
   reciprocals 1 / std (Normalize) and 1 / (kh kw) (AvgPool2d), rounded to nearest once.
-  Composing consecutive linear layers is float64 arithmetic (relative error <= gamma_n per
-  coefficient, n the inner dimension); the solvers' certification margin (their tolerance)
-  must dominate it;
+  Composing consecutive linear layers is float64 arithmetic. The lowering therefore keeps,
+  per emitted layer, rigorous elementwise bounds ``weight_error[k]`` >= |W_k(exact) - W_k|
+  and ``bias_error[k]`` >= |b_k(exact) - b_k| (None where the layer is exact): a product of n
+  terms rounds by at most gamma_n |M| |A| (gamma_n = n u / (1 - n u), u = 2^-53), plus
+  n 2^-1074 where it underflows, and errors already present propagate through |M|. Every
+  bound (``propagation.py``) adds them, and the exact solvers widen their margins by the
+  deviation they can cause (``bounds.deviation``), so the verdicts are about the exact
+  network, not the rounded one;
 - ReLU starts a new layer with every neuron masked;
 - MinMax / GroupSort sorts through compare-swap rounds (odd-even transposition sort, k rounds
   for groups of k). A compare-swap of (a, b) is (min, max) = (a - r, b + r) with
@@ -71,6 +76,10 @@ def _masks(value: Iterable[NDArray[np.bool_]]) -> tuple[NDArray[np.bool_], ...]:
     return tuple(_frozen_bool(v) for v in value)
 
 
+def _errors(value: Iterable[FloatArray | None]) -> tuple[FloatArray | None, ...]:
+    return tuple(None if v is None else frozen_array(v) for v in value)
+
+
 @attrs.frozen(eq=False)
 class PiecewiseLinearNet:
     """Affine layers ``(weights[k], biases[k])`` with ReLU on ``relu[k]`` after every layer but
@@ -79,6 +88,12 @@ class PiecewiseLinearNet:
     weights: tuple[FloatArray, ...] = attrs.field(converter=_arrays)
     biases: tuple[FloatArray, ...] = attrs.field(converter=_arrays)
     relu: tuple[NDArray[np.bool_], ...] = attrs.field(converter=_masks)
+    weight_error: tuple[FloatArray | None, ...] = attrs.field(default=(), converter=_errors)
+    """Per layer, a bound of |W_k(exact) - W_k| elementwise, or None (exact); () when every
+    layer is exact."""
+    bias_error: tuple[FloatArray | None, ...] = attrs.field(default=(), converter=_errors)
+    cache: dict[str, object] = attrs.field(factory=dict, init=False, repr=False)
+    """Derived forms built once (the torch tensors of ``propagation.TorchNet.of``, by device)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.weights or len(self.biases) != len(self.weights):
@@ -92,6 +107,28 @@ class PiecewiseLinearNet:
                 raise ValueError(f"layer {k}: {w.shape[1]} inputs after {w.shape[0]} outputs")
             if k < len(self.relu) and self.relu[k].shape != (w.shape[0],):
                 raise ValueError(f"layer {k}: ReLU mask of shape {self.relu[k].shape}")
+        for name, errs, ref in (
+            ("weight_error", self.weight_error, self.weights),
+            ("bias_error", self.bias_error, self.biases),
+        ):
+            if errs and len(errs) != len(ref):
+                raise ValueError(f"PiecewiseLinearNet needs one {name} per layer (or none)")
+            for k, (e, r) in enumerate(zip(errs, ref, strict=False)):
+                if e is not None and (e.shape != r.shape or not bool(np.all(e >= 0))):
+                    raise ValueError(f"layer {k}: {name} must be >= 0 with shape {r.shape}")
+
+    def weight_errors(self) -> tuple[FloatArray | None, ...]:
+        """``weight_error`` with one entry per layer."""
+        return self.weight_error or (None,) * self.depth
+
+    def bias_errors(self) -> tuple[FloatArray | None, ...]:
+        """``bias_error`` with one entry per layer."""
+        return self.bias_error or (None,) * self.depth
+
+    @property
+    def exact(self) -> bool:
+        """Whether no layer carries a lowering error."""
+        return all(e is None for e in (*self.weight_errors(), *self.bias_errors()))
 
     @property
     def depth(self) -> int:
@@ -129,33 +166,121 @@ class PiecewiseLinearNet:
         return out
 
 
+U = 2.0**-53
+"""The unit roundoff of float64."""
+
+TINY = 2.0**-1074
+"""The smallest positive float64: the absolute error of one operation that underflows."""
+
+
+def _gamma(n: int) -> float:
+    """A bound of the relative rounding of a float64 sum of n products (gamma_{n + 1}, the
+    error bound's own rounding included)."""
+    return 1.01 * (n + 2) * U
+
+
+def _integral(a: FloatArray) -> bool:
+    """Small integers only: products and sums of such matrices are exact in float64."""
+    return bool(np.all(a == np.round(a)) and np.abs(a).sum(axis=-1).max(initial=0) < 2.0**40)
+
+
+def _add(a: FloatArray | None, b: FloatArray | None) -> FloatArray | None:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+def _up(a: FloatArray | None) -> FloatArray | None:
+    """An error bound enlarged for its own rounding (sums of a few non-negative terms)."""
+    return None if a is None else a * (1 + 8 * U) + TINY
+
+
 class _Builder:
-    """Accumulates the affine map from the last activation's output to the current values."""
+    """Accumulates the affine map ``v -> A v + c`` from the last activation's output to the
+    current values, with elementwise bounds ``EA``, ``ec`` of its error against the exact
+    composition (None: exact)."""
 
     def __init__(self, size: int) -> None:
-        self.A: FloatArray = np.eye(size)
-        self.c: FloatArray = np.zeros(size)
+        self._reset(size)
         self.weights: list[FloatArray] = []
         self.biases: list[FloatArray] = []
         self.relu: list[NDArray[np.bool_]] = []
+        self.weight_error: list[FloatArray | None] = []
+        self.bias_error: list[FloatArray | None] = []
 
-    def linear(self, M: FloatArray, shift: FloatArray) -> None:
-        """Compose the current values v with v -> M v + shift."""
-        self.A = M @ self.A
-        self.c = M @ self.c + shift
+    def _reset(self, size: int) -> None:
+        self.A: FloatArray = np.eye(size)
+        self.c: FloatArray = np.zeros(size)
+        self.EA: FloatArray | None = None
+        self.ec: FloatArray | None = None
+        self.fresh = True  # A is the identity and c is zero (exactly)
 
-    def diagonal(self, scale: FloatArray, shift: FloatArray) -> None:
-        """Compose the current values v with v -> scale * v + shift (elementwise)."""
-        self.A = scale[:, None] * self.A
-        self.c = scale * self.c + shift
+    def linear(self, M: FloatArray, shift: FloatArray, M_error: FloatArray | None = None) -> None:
+        """Compose the current values v with v -> M v + shift (|M(exact) - M| <= M_error)."""
+        if self.fresh:  # M @ I is M, exactly
+            self.A, self.c, self.EA, self.ec = M.copy(), shift.copy(), M_error, None
+            self.fresh = False
+            return
+        A, c, EA, ec = self.A, self.c, self.EA, self.ec
+        absM, absA, absc = np.abs(M), np.abs(A), np.abs(c)
+        self.A, self.c = M @ A, M @ c + shift
+        prod = absM @ absA
+        n = A.shape[0]
+        if not (_integral(M) and _integral(A) and prod.max(initial=0) < 2.0**52):
+            err = _add(_gamma(n) * prod + (n + 1) * TINY, None if EA is None else absM @ EA)
+            self.EA = _up(err)  # else: sums of small integer products, exact
+        elif EA is not None:
+            self.EA = _up(absM @ EA)
+        c_sum = absM @ absc + np.abs(shift)
+        c_err = None
+        if not (_integral(M) and _integral(c) and _integral(shift) and c_sum.max() < 2.0**52):
+            c_err = _gamma(n) * c_sum + (n + 1) * TINY
+        if ec is not None:
+            c_err = _add(c_err, absM @ ec)
+        if M_error is not None:
+            self.EA = _up(_add(self.EA, M_error @ (absA if EA is None else absA + EA)))
+            c_err = _add(c_err, M_error @ (absc if ec is None else absc + ec))
+        self.ec = _up(c_err)
+
+    def diagonal(
+        self,
+        scale: FloatArray,
+        shift: FloatArray,
+        scale_error: FloatArray | None = None,
+        shift_error: FloatArray | None = None,
+    ) -> None:
+        """Compose the current values v with v -> scale * v + shift (elementwise; the exact
+        scale and shift within ``scale_error``, ``shift_error`` of these)."""
+        if self.fresh:
+            self.A, self.c = np.diag(scale), shift.copy()
+            self.EA = None if scale_error is None else np.diag(scale_error)
+            self.ec, self.fresh = shift_error, False
+            return
+        A, c, EA, ec = self.A, self.c, self.EA, self.ec
+        s = np.abs(scale)
+        self.A, self.c = scale[:, None] * A, scale * c + shift
+        err = U * (s[:, None] * np.abs(A)) + TINY
+        err = _add(err, None if EA is None else s[:, None] * EA)
+        if scale_error is not None:
+            err = err + scale_error[:, None] * (np.abs(A) if EA is None else np.abs(A) + EA)
+        self.EA = _up(err)
+        c_err = _gamma(1) * (s * np.abs(c) + np.abs(shift)) + 2 * TINY
+        c_err = _add(c_err, None if ec is None else s * ec)
+        if scale_error is not None:
+            c_err = c_err + scale_error * (np.abs(c) if ec is None else np.abs(c) + ec)
+        self.ec = _up(_add(c_err, shift_error))
 
     def activation(self, mask: NDArray[np.bool_]) -> None:
         """Emit the current affine map as a layer followed by ReLU on ``mask``."""
+        self._emit()
+        self.relu.append(mask)
+        self._reset(self.A.shape[0])
+
+    def _emit(self) -> None:
         self.weights.append(self.A)
         self.biases.append(self.c)
-        self.relu.append(mask)
-        self.A = np.eye(self.A.shape[0])
-        self.c = np.zeros(self.A.shape[0])
+        self.weight_error.append(self.EA)
+        self.bias_error.append(self.ec)
 
     def compare_swap(self, pairs: NDArray[np.int64]) -> None:
         """Replace (v_i, v_j) by (min, max) for each row (i, j) of ``pairs`` (disjoint)."""
@@ -167,15 +292,22 @@ class _Builder:
         D[np.arange(p), pairs[:, 1]] = -1.0
         self.linear(np.vstack([D, np.eye(n)]), np.zeros(p + n))
         self.activation(np.concatenate([np.ones(p, bool), np.zeros(n, bool)]))
-        # Back to n values: v_i - r, v_j + r.
+        # Back to n values: v_i - r, v_j + r (an exact integer map).
         M = np.hstack([np.zeros((n, p)), np.eye(n)])
         M[pairs[:, 0], np.arange(p)] = -1.0
         M[pairs[:, 1], np.arange(p)] = 1.0
-        self.A = M
-        self.c = np.zeros(n)
+        self.A, self.c, self.EA, self.ec, self.fresh = M, np.zeros(n), None, None, False
 
     def finish(self) -> PiecewiseLinearNet:
-        return PiecewiseLinearNet([*self.weights, self.A], [*self.biases, self.c], self.relu)
+        self._emit()
+        exact = all(e is None for e in (*self.weight_error, *self.bias_error))
+        return PiecewiseLinearNet(
+            self.weights,
+            self.biases,
+            self.relu,
+            () if exact else self.weight_error,
+            () if exact else self.bias_error,
+        )
 
 
 def _conv_matrix(layer: Conv2d, shape: Shape) -> tuple[FloatArray, FloatArray]:
@@ -278,14 +410,22 @@ def _conv(b: _Builder, layer: Conv2d, shape: Shape) -> None:
 
 @LOWERING.register(AvgPool2d)
 def _pool(b: _Builder, layer: AvgPool2d, shape: Shape) -> None:
-    b.linear(*_pool_matrix(layer, shape))
+    M, shift = _pool_matrix(layer, shape)
+    kh, kw = layer.kernel
+    exact = (kh * kw) & (kh * kw - 1) == 0  # a power of two: 1 / (kh kw) is exact
+    b.linear(M, shift, None if exact else 1.01 * U * M)
 
 
 @LOWERING.register(Normalize)
 def _normalize(b: _Builder, layer: Normalize, shape: Shape) -> None:
     """(x - mean) / std as x * (1 / std) - mean / std (1 / std rounded to nearest once)."""
     inv = 1.0 / channel_vector(layer.std, shape).ravel()
-    b.diagonal(inv, -channel_vector(layer.mean, shape).ravel() * inv)
+    mean = channel_vector(layer.mean, shape).ravel()
+    shift = -mean * inv
+    # |1/std - inv| <= u |inv| (+ TINY if it underflows); the shift's exact value -mean/std is
+    # within |mean| that + u |mean inv| (+ TINY) of the rounded product.
+    inv_err = 1.01 * U * np.abs(inv) + TINY
+    b.diagonal(inv, shift, inv_err, np.abs(mean) * inv_err + 1.01 * U * np.abs(shift) + TINY)
 
 
 @LOWERING.register(BatchNorm)

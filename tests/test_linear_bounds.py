@@ -1,6 +1,6 @@
-"""IBP, CROWN and alpha-CROWN (verispec/engines/linear_bounds.py): every bound holds on sampled
-and attacked points, each method is at least as tight as the one before it, CROWN is exact
-where no ReLU is unstable, and the ``crown`` engine's options and verdicts."""
+"""IBP, CROWN and alpha-CROWN (verispec/solvers/propagation.py) and the crown engine: every
+bound holds on sampled and attacked points, each method is at least as tight as the one before
+it, CROWN is exact where no ReLU is unstable, and the ``crown`` engine's options and verdicts."""
 
 from __future__ import annotations
 
@@ -9,20 +9,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from verispec.solvers.bounds import InputSet
+from verispec.solvers.bounds import InputSet, to_sets
 from verispec.solvers.lowering import lower
+from verispec.solvers.propagation import Method, TorchNet, atom_bounds
 
 import verispec as vs
 from tests.strategies import hard_networks, regions, small_networks
 from verispec.engines.base import engine_class
-from verispec.engines.linear_bounds import (
-    LinearBoundsConfig,
-    LinearBoundsEngine,
-    Method,
-    Sets,
-    TorchNet,
-    atom_bounds,
-)
+from verispec.engines.linear_bounds import LinearBoundsConfig, LinearBoundsEngine
 from verispec.errors import ConfigError
 from verispec.network import Dense, Network, ReLU
 from verispec.regions import Ball, Box, Norm, Polytope
@@ -69,9 +63,9 @@ def _attacked(
 
 def _bounds(network: Network, region, C: np.ndarray, d: np.ndarray, method: Method) -> np.ndarray:
     net = TorchNet.of(lower(network), CPU)
-    sets = Sets.of([InputSet.of(region)], CPU)
-    config = LinearBoundsConfig(method=method.value, alpha_steps=10)
-    value = atom_bounds(net, sets, torch.from_numpy(C[None]), torch.from_numpy(d[None]), config)
+    sets = to_sets([InputSet.of(region)], CPU)
+    C_, d_ = torch.from_numpy(C[None]), torch.from_numpy(d[None])
+    value = atom_bounds(net, sets, C_, d_, method, alpha_steps=10)
     return value[0].detach().numpy()
 
 

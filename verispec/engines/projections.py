@@ -60,14 +60,14 @@ from numpy.typing import NDArray
 from verispec import options
 from verispec.attacks import pgd_attack
 from verispec.engines.base import EngineBase, register_engine, resolve_device
-from verispec.engines.linear_bounds import Method, Sets, TorchNet, atoms_from, layer_bounds
 from verispec.errors import UnsupportedError
 from verispec.network import Network
 from verispec.properties import Goal
 from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
 from verispec.results import BatchResult, CheckResult, GuaranteeKind, Verdict
-from verispec.solvers.bounds import InputSet
+from verispec.solvers.bounds import InputSet, to_sets
 from verispec.solvers.lowering import PiecewiseLinearNet, lower
+from verispec.solvers.propagation import Method, TorchNet, atoms_from, layer_bounds
 from verispec.specs import PointSpec, SafeOrdering, Spec
 
 REL_MARGIN = 1e-9
@@ -183,9 +183,8 @@ class _Lowered:
         self.Wabs = [w.abs() for w in self.W]
         self.babs = [b.abs() for b in self.b]
         self.masked = [torch.as_tensor(np.flatnonzero(m), device=device) for m in net.relu]
-        relu = tuple(torch.as_tensor(np.asarray(m), device=device) for m in net.relu)
-        self.torch_net = TorchNet(tuple(self.W), tuple(self.b), relu)
-        """The same tensors, for the linear bounds."""
+        self.torch_net = TorchNet.of(net, device)
+        """The network for the linear bounds (with the lowering's error bounds)."""
         sizes = [int(m.sum()) for m in net.relu]
         self.relu_sizes = sizes
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
@@ -299,7 +298,7 @@ class _Explorer:
         dev = self.low.device
         net = self.low.torch_net
         inputs = [InputSet.of(self.targets[i].goal.alternatives[0].region) for i in rows]
-        sets = Sets.of(inputs, dev)
+        sets = to_sets(inputs, dev)
         method = Method(self.config.bounds)
         with torch.no_grad():
             los, his = layer_bounds(net, sets, method)

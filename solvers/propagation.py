@@ -1,0 +1,390 @@
+"""Linear bound propagation in torch: IBP, CROWN and alpha-CROWN over a batch of input sets.
+The one bounds implementation of verispec: the ``crown`` engine, the bound-guided projections,
+the exact solvers' big-M constants and their branch and bound on input boxes all use it.
+
+It works on the lowered network (``lowering.py``: affine maps separated by partial ReLU layers;
+MinMax / GroupSort become compare-swaps, each one ReLU of a difference). For a batch of input
+sets (a box, optionally intersected with an l2 ball):
+
+- **IBP**: interval arithmetic, the first affine map bounded exactly over the set (its dual
+  norm for an l2 ball);
+- **CROWN**: every hidden layer's pre-activations bounded by back-substitution through the
+  linear relaxations of the ReLUs before it (upper line through (l, 0) and (u, u); lower
+  slope 1 where u >= -l, else 0), each intersected with the interval bounds, and any linear
+  function C z_k + d of a layer (a spec's atoms, of the logits) bounded the same way
+  *directly*, not via per-neuron bounds;
+- **alpha-CROWN**: the lower slopes of the unstable ReLUs, one per atom and neuron, optimised
+  in [0, 1] by projected Adam steps on the atoms' bounds (a fixed number of steps; the
+  intermediate bounds stay CROWN's). Any slope in [0, 1] is a valid lower relaxation, so
+  every step's bound is valid; the answer is the best of CROWN's and the steps'.
+
+**The network bounded is the real one.** The lowering composes consecutive linear layers and
+rounds the reciprocals of Normalize and AvgPool2d, so the lowered weights W_k, b_k differ from
+the exact composition of the IR's layers by at most ``weight_error[k]``, ``bias_error[k]``
+(elementwise, rigorous: ``lowering.py``). Every bound here adds that error, evaluated at the
+magnitude bound of the layer's inputs: z_true = W h + b + delta, |delta| <= E |h| + e. The
+bounds hold for the exact real-arithmetic network, whatever the lowering rounded.
+
+**Floating point.** Everything runs in float64. Each computed bound is padded outward by
+``PAD (1 + |v| + mag)``, where ``mag`` bounds the sum of the absolute values of every term
+that entered it (propagated alongside the bounds). The rounding error of a float64 dot product
+of n terms is at most gamma_n = n u / (1 - n u) times that sum (u = 2^-53); through L layers of
+width n the accumulated error stays below L n u mag, under 1e-9 mag for L n < 9 * 10^6, which
+``PAD`` covers. A bound that overflows is NaN or infinite and proves nothing (``better``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+import torch
+from verispec.solvers.lowering import PiecewiseLinearNet
+
+from verispec.regions import FloatArray
+
+PAD = 1e-9
+"""Relative and absolute outward padding of every computed bound (float64 rounding)."""
+
+
+class Method(enum.Enum):
+    """The bound propagation (each at least as tight as the ones before it)."""
+
+    IBP = "ibp"
+    CROWN = "crown"
+    ALPHA_CROWN = "alpha-crown"
+
+
+@attrs.frozen(eq=False)
+class Sets:
+    """A batch of input sets on one device: boxes ``lo``, ``hi`` (B, d), and optionally the
+    l2 balls ``||x - center[i]|| <= eps[i]`` they are intersected with (``eps`` NaN: none)."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    center: torch.Tensor
+    eps: torch.Tensor
+
+    @classmethod
+    def boxes(cls, lo: torch.Tensor, hi: torch.Tensor) -> Sets:
+        """Boxes alone (float64 tensors (B, d))."""
+        nan = torch.full((lo.shape[0],), torch.nan, dtype=lo.dtype, device=lo.device)
+        return cls(lo, hi, (lo + hi) / 2, nan)
+
+    def size(self) -> torch.Tensor:
+        """(B, d): |x| over each set is at most this."""
+        return torch.maximum(self.lo.abs(), self.hi.abs())
+
+    def lower(self, A: torch.Tensor) -> torch.Tensor:
+        """(B, p): the minimum over each set of the rows of ``A`` (B, p, d) times x (the box's
+        and the ball's, the larger: both are valid)."""
+        mid, rad = (self.lo + self.hi) / 2, (self.hi - self.lo) / 2
+        box = torch.einsum("bpd,bd->bp", A, mid) - torch.einsum("bpd,bd->bp", A.abs(), rad)
+        ball = ~torch.isnan(self.eps)
+        if not bool(ball.any()):
+            return box
+        eps = torch.where(ball, self.eps, 0.0)[:, None]
+        l2 = torch.einsum("bpd,bd->bp", A, self.center) - eps * A.norm(dim=2)
+        return torch.where(ball[:, None], torch.maximum(box, l2), box)
+
+
+def _tensor(a: FloatArray | None, device: torch.device) -> torch.Tensor | None:
+    return None if a is None else torch.tensor(np.asarray(a, dtype=np.float64), device=device)
+
+
+@attrs.frozen(eq=False)
+class TorchNet:
+    """A lowered network as float64 tensors on one device, with the lowering's error bounds
+    (None where a layer is exact)."""
+
+    weights: tuple[torch.Tensor, ...]
+    biases: tuple[torch.Tensor, ...]
+    relu: tuple[torch.Tensor, ...]
+    weight_error: tuple[torch.Tensor | None, ...]
+    bias_error: tuple[torch.Tensor | None, ...]
+
+    @classmethod
+    def of(cls, net: PiecewiseLinearNet, device: torch.device) -> TorchNet:
+        """The network's tensors on ``device``, built once per network and device."""
+        key = f"torch:{device}"
+        found = net.cache.get(key)
+        if not isinstance(found, TorchNet):
+            found = net.cache[key] = cls._build(net, device)
+        return found
+
+    @classmethod
+    def _build(cls, net: PiecewiseLinearNet, device: torch.device) -> TorchNet:
+        return cls(
+            tuple(_tensor(w, device) for w in net.weights),  # type: ignore[misc]
+            tuple(_tensor(b, device) for b in net.biases),  # type: ignore[misc]
+            tuple(torch.as_tensor(np.array(m, dtype=bool), device=device) for m in net.relu),
+            tuple(_tensor(e, device) for e in net.weight_errors()),
+            tuple(_tensor(e, device) for e in net.bias_errors()),
+        )
+
+    @property
+    def depth(self) -> int:
+        return len(self.weights)
+
+    def error(self, k: int, size: torch.Tensor) -> torch.Tensor | None:
+        """(B, n_k): a bound of |z_k(exact) - (W_k h + b_k)| when |h| <= ``size`` (B, n_in),
+        or None when layer k is exact."""
+        E, e = self.weight_error[k], self.bias_error[k]
+        if E is None and e is None:
+            return None
+        out = torch.zeros_like(size[:, :1]) if E is None else size @ E.T
+        if e is not None:
+            out = out + e
+        return out * (1 + 4 * PAD)  # the error's own rounding
+
+
+def _pad_down(value: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    return value - PAD * (1.0 + value.abs() + mag)
+
+
+def activate(net: TorchNet, k: int, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Bounds of h_k = act(z_k) from bounds of z_k."""
+    m = net.relu[k]
+    return torch.where(m, lo.clamp(min=0), lo), torch.where(m, hi.clamp(min=0), hi)
+
+
+def _affine_interval(
+    net: TorchNet, k: int, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds of z_k = W_k a + b_k over the boxes [lo, hi] (B, n), padded relative to the
+    terms, with the lowering's error of layer k."""
+    W, b = net.weights[k], net.biases[k]
+    mid, rad = (lo + hi) / 2, (hi - lo) / 2
+    centre, spread = mid @ W.T + b, rad @ W.abs().T
+    size = mid.abs() + rad
+    mag = size @ W.abs().T + b.abs()
+    low, high = _pad_down(centre - spread, mag), -_pad_down(-(centre + spread), mag)
+    err = net.error(k, size)
+    return (low, high) if err is None else (low - err, high + err)
+
+
+def interval_bounds(net: TorchNet, sets: Sets) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """IBP: bounds (B, n_k) of every pre-activation z_1..z_L over each set."""
+    W, b = net.weights[0], net.biases[0]
+    B = sets.lo.shape[0]
+    A = W.expand(B, *W.shape)
+    size = sets.size()
+    mag = size @ W.abs().T + b.abs()
+    lo, hi = _pad_down(sets.lower(A) + b, mag), -_pad_down(sets.lower(-A) - b, mag)
+    err = net.error(0, size)
+    los, his = ([lo], [hi]) if err is None else ([lo - err], [hi + err])
+    for k in range(1, net.depth):
+        a_lo, a_hi = activate(net, k - 1, los[-1], his[-1])
+        lo, hi = _affine_interval(net, k, a_lo, a_hi)
+        los.append(lo)
+        his.append(hi)
+    return los, his
+
+
+def relaxation(
+    relu: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per neuron (B, n): CROWN's lower slope, the upper slope and intercept
+    (lower_slope z <= h <= upper_slope z + upper_icpt), and which neurons are unstable."""
+    unstable = relu & (lo < 0) & (hi > 0)
+    base = torch.where(relu & (hi <= 0), 0.0, 1.0).to(lo.dtype)
+    s = torch.where(unstable, hi / torch.where(unstable, hi - lo, 1.0), base)
+    up_icpt = torch.where(unstable, -s * lo, 0.0)
+    lo_slope = torch.where(unstable, (hi >= -lo).to(lo.dtype), base)
+    return lo_slope, s, up_icpt, unstable
+
+
+@attrs.frozen(eq=False)
+class LinearLower:
+    """A linear lower bound ``coef @ x + const`` (coef (B, p, d), const (B, p)) of p linear
+    functions of a layer over each set, and ``value`` (B, p), its padded minimum over the set
+    with the lowering's error: a valid lower bound of the functions."""
+
+    coef: torch.Tensor
+    const: torch.Tensor
+    value: torch.Tensor
+
+
+def linear_lower(
+    net: TorchNet,
+    sets: Sets,
+    los: Sequence[torch.Tensor],
+    his: Sequence[torch.Tensor],
+    C: torch.Tensor,
+    d: torch.Tensor,
+    k: int,
+    alphas: Sequence[torch.Tensor] | None = None,
+) -> LinearLower:
+    """CROWN's linear lower bound of ``C @ z_k + d`` (C (B, p, n_k), d (B, p)) over each set,
+    given valid bounds of the layers before k. ``alphas[j]`` (B, p, n_j) in [0, 1], when
+    given, replace CROWN's lower slopes of the unstable neurons of layer j (alpha-CROWN)."""
+    Wk, bk = net.weights[k], net.biases[k]
+    M = C @ Wk
+    const = C @ bk + d
+    # ``mag`` bounds the sum of |terms| of every dot product on the way, at the magnitudes the
+    # back-substituted quantities take over the set (|h_j| <= size[j + 1]), for the padding;
+    # ``err`` adds up the lowering's error of each layer, weighted by |coefficient|.
+    size = [sets.size()]
+    for j in range(k):
+        a_lo, a_hi = activate(net, j, los[j], his[j])
+        size.append(torch.maximum(a_lo.abs(), a_hi.abs()) + los[j].abs())
+    terms = size[k] @ Wk.abs().T + bk.abs()
+    mag = torch.einsum("bpn,bn->bp", C.abs(), terms) + d.abs()
+    err = torch.zeros_like(mag)
+    layer_err = net.error(k, size[k])
+    if layer_err is not None:
+        err = err + torch.einsum("bpn,bn->bp", C.abs(), layer_err)
+    for j in range(k - 1, -1, -1):
+        lo_slope, up_slope, up_icpt, unstable = relaxation(net.relu[j], los[j], his[j])
+        low = lo_slope[:, None, :]
+        if alphas is not None:
+            low = torch.where(unstable[:, None, :], alphas[j], low)
+        pos = M >= 0
+        const = const + torch.where(pos, 0.0, M * up_icpt[:, None, :]).sum(dim=2)
+        M = M * torch.where(pos, low, up_slope[:, None, :])
+        const = const + M @ net.biases[j]
+        terms = size[j] @ net.weights[j].abs().T + net.biases[j].abs() + up_icpt.abs()
+        mag = mag + torch.einsum("bpn,bn->bp", M.abs(), terms)
+        layer_err = net.error(j, size[j])
+        if layer_err is not None:
+            err = err + torch.einsum("bpn,bn->bp", M.abs(), layer_err)
+        M = M @ net.weights[j]
+    value = sets.lower(M) + const
+    mag = mag + torch.einsum("bpd,bd->bp", M.abs(), size[0]) + const.abs()
+    return LinearLower(M, const, _pad_down(value - err * (1 + 4 * PAD), mag))
+
+
+def back_substitute(
+    net: TorchNet,
+    sets: Sets,
+    los: Sequence[torch.Tensor],
+    his: Sequence[torch.Tensor],
+    C: torch.Tensor,
+    d: torch.Tensor,
+    k: int,
+    alphas: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Lower bounds (B, p) of ``C @ z_k + d`` over each set (``linear_lower``'s value)."""
+    return linear_lower(net, sets, los, his, C, d, k, alphas).value
+
+
+def crown_bounds(
+    net: TorchNet,
+    sets: Sets,
+    start: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]] | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """CROWN bounds of every pre-activation, each layer intersected with IBP's (and with
+    ``start``'s, valid bounds to keep) and used for the layers after it."""
+    los, his = interval_bounds(net, sets)
+    if start is not None:
+        los = [torch.maximum(a, b) for a, b in zip(los, start[0], strict=True)]
+        his = [torch.minimum(a, b) for a, b in zip(his, start[1], strict=True)]
+    B = sets.lo.shape[0]
+    for k in range(1, net.depth):
+        n = net.weights[k].shape[0]
+        eye = torch.eye(n, dtype=torch.float64, device=sets.lo.device)
+        C = torch.cat([eye, -eye]).expand(B, 2 * n, n)
+        zero = torch.zeros(B, 2 * n, dtype=C.dtype, device=C.device)
+        lb = back_substitute(net, sets, los, his, C, zero, k)
+        los[k] = better(los[k], lb[:, :n])
+        his[k] = -better(-his[k], lb[:, n:])
+        if k + 1 < net.depth:  # the tighter layer tightens the interval bounds after it
+            a_lo, a_hi = activate(net, k, los[k], his[k])
+            lo, hi = _affine_interval(net, k + 1, a_lo, a_hi)
+            los[k + 1], his[k + 1] = better(los[k + 1], lo), -better(-his[k + 1], -hi)
+    return los, his
+
+
+def interval_atoms(
+    lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor
+) -> torch.Tensor:
+    """Lower bounds (B, p) of ``C @ y + d`` for y in the boxes [lo, hi] (B, m)."""
+    mid, rad = (lo + hi) / 2, (hi - lo) / 2
+    value = torch.einsum("bpm,bm->bp", C, mid) - torch.einsum("bpm,bm->bp", C.abs(), rad)
+    mag = torch.einsum("bpm,bm->bp", C.abs(), mid.abs() + rad) + d.abs()
+    return _pad_down(value + d, mag)
+
+
+def layer_bounds(
+    net: TorchNet, sets: Sets, method: Method
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Pre-activation bounds of every layer: IBP's, or CROWN's (alpha-CROWN keeps them)."""
+    return interval_bounds(net, sets) if method is Method.IBP else crown_bounds(net, sets)
+
+
+def atoms_from(
+    net: TorchNet,
+    sets: Sets,
+    los: Sequence[torch.Tensor],
+    his: Sequence[torch.Tensor],
+    C: torch.Tensor,
+    d: torch.Tensor,
+    method: Method,
+) -> torch.Tensor:
+    """Lower bounds (B, p) of the atoms ``C @ f(x) + d`` from the layer bounds: the output
+    interval's, and with CROWN (or alpha-CROWN) the larger of that and back-substitution's."""
+    L = net.depth - 1
+    box = interval_atoms(los[L], his[L], C, d)
+    if method is Method.IBP:
+        return box
+    return better(box, back_substitute(net, sets, los, his, C, d, L))
+
+
+def optimise_slopes(
+    net: TorchNet,
+    sets: Sets,
+    los: Sequence[torch.Tensor],
+    his: Sequence[torch.Tensor],
+    C: torch.Tensor,
+    d: torch.Tensor,
+    best: torch.Tensor,
+    steps: int,
+    lr: float,
+) -> torch.Tensor:
+    """alpha-CROWN: ``best`` (valid lower bounds (B, p) of ``C @ f(x) + d``) improved by
+    ``steps`` projected Adam steps on the unstable ReLUs' lower slopes."""
+    L = net.depth - 1
+    if L == 0:
+        return best
+    with torch.enable_grad():
+        alphas = []
+        for j in range(L):
+            lo_slope = relaxation(net.relu[j], los[j], his[j])[0]
+            alphas.append(lo_slope[:, None, :].expand(*C.shape[:2], -1).clone().requires_grad_())
+        opt = torch.optim.Adam(alphas, lr=lr)
+        for _ in range(steps):
+            value = back_substitute(net, sets, los, his, C, d, L, alphas)
+            best = better(best, value.detach())
+            opt.zero_grad()
+            (-torch.nan_to_num(value, nan=0.0, neginf=0.0).sum()).backward()
+            opt.step()
+            with torch.no_grad():
+                for a in alphas:  # back into [0, 1], where every slope is a valid relaxation
+                    a.nan_to_num_(0.0).clamp_(0.0, 1.0)
+        with torch.no_grad():
+            return better(best, back_substitute(net, sets, los, his, C, d, L, alphas))
+
+
+def atom_bounds(
+    net: TorchNet,
+    sets: Sets,
+    C: torch.Tensor,
+    d: torch.Tensor,
+    method: Method,
+    alpha_steps: int = 20,
+    alpha_lr: float = 0.1,
+) -> torch.Tensor:
+    """Lower bounds (B, p) of the atoms ``C @ f(x) + d`` (C (B, p, m), d (B, p)) over each
+    set, by ``method`` (alpha-CROWN: ``alpha_steps`` steps of size ``alpha_lr``)."""
+    los, his = layer_bounds(net, sets, method)
+    best = atoms_from(net, sets, los, his, C, d, method)
+    if method is not Method.ALPHA_CROWN:
+        return best
+    return optimise_slopes(net, sets, los, his, C, d, best, alpha_steps, alpha_lr)
+
+
+def better(best: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The larger of two valid lower bounds (a NaN one, from overflow, is ignored)."""
+    return torch.where(torch.isnan(value), best, torch.maximum(best, value))
