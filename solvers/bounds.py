@@ -499,8 +499,8 @@ def lp_bounds(
             hi[i] = min(hi[i], -lp.minimize(-cost, left) + b[i])
         los[k], his[k] = lo, hi
         # The LP bounds the lowered network: widened, they hold for the exact one too.
-        lp = _finish(net, inp, Bounds(tuple(los), tuple(his), BoundMethod.LP))
-        tightened = linear_bounds(net, inp, lp)
+        widened = _finish(net, inp, Bounds(tuple(los), tuple(his), BoundMethod.LP))
+        tightened = linear_bounds(net, inp, widened)
         los, his = list(tightened.lo), list(tightened.hi)
     return Bounds(tuple(los), tuple(his), BoundMethod.LP)
 

@@ -260,12 +260,14 @@ class _Builder:
         s = np.abs(scale)
         self.A, self.c = scale[:, None] * A, scale * c + shift
         err = U * (s[:, None] * np.abs(A)) + TINY
-        err = _add(err, None if EA is None else s[:, None] * EA)
+        if EA is not None:
+            err = err + s[:, None] * EA
         if scale_error is not None:
             err = err + scale_error[:, None] * (np.abs(A) if EA is None else np.abs(A) + EA)
         self.EA = _up(err)
         c_err = _gamma(1) * (s * np.abs(c) + np.abs(shift)) + 2 * TINY
-        c_err = _add(c_err, None if ec is None else s * ec)
+        if ec is not None:
+            c_err = c_err + s * ec
         if scale_error is not None:
             c_err = c_err + scale_error * (np.abs(c) if ec is None else np.abs(c) + ec)
         self.ec = _up(_add(c_err, shift_error))

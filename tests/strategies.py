@@ -615,10 +615,59 @@ def scale_chain_networks(draw: st.DrawFn) -> Network:
     return Network(tuple(layers), (width,))
 
 
+@st.composite
+def cancelling_networks(draw: st.DrawFn) -> Network:
+    """Two consecutive dense layers whose product nearly cancels (W2 W1 is 0 up to rounding
+    plus a drawn 0 / 1e-12 / 1e-9 signal, at scales up to 1e16), the biases cancelling too,
+    with Normalize / BatchNorm around them: the lowering composes them in float64, and the
+    composed coefficients carry absolute errors as large as themselves. The smt engine once
+    certified a false class on such a network, before the lowering bounded its error."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_in = draw(st.integers(1, 3))
+    hidden = n_in + draw(st.integers(1, 2))
+    width = draw(st.sampled_from([2, 4]))
+    scale1 = draw(st.sampled_from([1.0, 1e8, 1e-8, 1e16]))
+    scale2 = draw(st.sampled_from([1.0, 1e4, 1e-4]))
+    signal = draw(st.sampled_from([0.0, 1e-12, 1e-9]))
+    W1 = rng.standard_normal((hidden, n_in)) * scale1
+    null = np.linalg.svd(W1)[0][:, n_in:].T  # rows u with u W1 = 0 up to rounding
+    W2 = (rng.standard_normal((width, hidden - n_in)) @ null) * scale2
+    W2 = W2 + signal * scale2 * rng.standard_normal((width, hidden))
+    b1 = rng.standard_normal(hidden) * 0.1 * scale1
+    b2 = -(W2 @ b1) + signal * scale1 * scale2 * rng.standard_normal(width)
+    layers: list[Any] = _maybe_normalize(draw, rng, n_in)
+    layers.append(vn.Dense(W1, b1))
+    layers += _maybe_batchnorm(draw, rng, hidden, 1)
+    layers.append(vn.Dense(W2, b2))
+    layers += _activation_layers(draw(st.sampled_from(["relu", "minmax", "none"])), width)
+    return _finish(draw, rng, layers, width, (n_in,))
+
+
+LOWERING_REGRESSION = Network(
+    (
+        vn.BatchNorm(np.array([9.760671056420785]), np.array([-5.328128406083632])),
+        vn.Dense(np.array([[1.0]]), np.array([0.0])),
+        vn.Dense(np.array([[1e8]]), np.array([0.0])),
+        vn.Dense(np.array([[1e8]]), np.array([0.0])),
+        vn.Normalize(np.array([0.37720028425775887]), np.array([-0.1])),
+        vn.Dense(
+            np.array([[0.49999999], [10000.0003], [0.5000000005], [-1.0000001]]),
+            np.array([1.1192587796137391e20, -3.3584467743735303e20, 1.1192583362940748e20,
+                      1.1199300211779589e20]),
+        ),
+    ),
+    (1,),
+)  # fmt: skip
+"""The network on which the smt engine certified a false class (logits near 1e20): the
+lowering composed its layers in float64 without an error bound."""
+
+
 def hard_networks() -> st.SearchStrategy[Network]:
-    """The issue-12 networks: dense, convolutional and extreme-scale chains (small enough for
-    the exact solvers)."""
-    return st.one_of(hard_dense_networks(), hard_conv_networks(), scale_chain_networks())
+    """The issue-12 networks: dense, convolutional and extreme-scale chains, and layers whose
+    composition cancels (small enough for the exact solvers)."""
+    return st.one_of(
+        hard_dense_networks(), hard_conv_networks(), scale_chain_networks(), cancelling_networks()
+    )
 
 
 def _relative_gap(network: Network, x: FloatArray, label: int) -> float:

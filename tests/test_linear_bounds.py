@@ -4,20 +4,29 @@ it, CROWN is exact where no ReLU is unstable, and the ``crown`` engine's options
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from verispec.solvers.bounds import InputSet, to_sets
 from verispec.solvers.lowering import lower
 from verispec.solvers.propagation import Method, TorchNet, atom_bounds
 
 import verispec as vs
-from tests.strategies import hard_networks, regions, small_networks
+from tests.strategies import (
+    LOWERING_REGRESSION,
+    cancelling_networks,
+    hard_networks,
+    regions,
+    small_networks,
+)
 from verispec.engines.base import engine_class
 from verispec.engines.linear_bounds import LinearBoundsConfig, LinearBoundsEngine
 from verispec.errors import ConfigError
+from verispec.exact_forward import exact_logits
 from verispec.network import Dense, Network, ReLU
 from verispec.regions import Ball, Box, Norm, Polytope
 from verispec.results import Verdict
@@ -136,3 +145,23 @@ def test_the_engine_certifies_falsifies_and_takes_its_options():
         vs.Predicate((vs.Clause.orderings([(0, 1)], 2),)),
     )
     assert LinearBoundsEngine().check(net, ordering)[0].verdict is Verdict.CERTIFIED
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    hard_networks() | cancelling_networks(),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(list(Method)),
+)
+@example(LOWERING_REGRESSION, 0, Method.CROWN)
+def test_bounds_at_a_point_contain_its_exact_outputs(network, seed, method):
+    """On the box [x, x], every method's bounds of the outputs contain the exact (rational)
+    outputs of the network at x: the lowering's rounding (composed layers that cancel,
+    rounded reciprocals) and the float64 propagation are both covered."""
+    x = np.random.default_rng(seed).uniform(0, 1, network.input_size)
+    m = network.num_classes
+    C = np.vstack([np.eye(m), -np.eye(m)])
+    low = _bounds(network, Box(x, x), C, np.zeros(2 * m), method)
+    exact = exact_logits(network, x.reshape(network.input_shape))
+    for i in range(m):
+        assert Fraction(float(low[i])) <= exact[i] <= -Fraction(float(low[m + i]))

@@ -4,19 +4,29 @@ and a clear error for convolutions too large to densify."""
 from __future__ import annotations
 
 import itertools
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from verispec.solvers.bounds import InputSet, deviation, interval_bounds
 from verispec.solvers.lowering import PiecewiseLinearNet, lower
 
-from tests.strategies import conv_networks, dense_networks, image_networks, small_networks
+from tests.strategies import (
+    LOWERING_REGRESSION,
+    conv_networks,
+    dense_networks,
+    hard_networks,
+    image_networks,
+    small_networks,
+)
 from verispec.errors import UnsupportedError
+from verispec.exact_forward import exact_logits
 from verispec.layers import GroupSort, MinMax
-from verispec.network import Conv2d, Dense, Flatten, Network
+from verispec.network import Conv2d, Dense, Flatten, Network, ReLU
 
 
 def _inputs(network: Network, seed: int, n: int = 32) -> np.ndarray:
@@ -164,3 +174,48 @@ def test_piecewise_linear_net_validates_its_shapes():
         PiecewiseLinearNet([w1, w2], [b1, b2], [np.ones(2, bool)])
     with pytest.raises(ValueError, match="one bias per weight"):
         PiecewiseLinearNet([], [], [])
+
+
+def _exact_lowered(pl: PiecewiseLinearNet, x: np.ndarray) -> list[Fraction]:
+    """The lowered network's outputs at ``x`` in exact rational arithmetic."""
+    h = [Fraction(float(v)) for v in x.ravel()]
+    for k in range(pl.depth):
+        W, b = pl.weights[k], pl.biases[k]
+        z = [
+            sum((Fraction(float(w)) * v for w, v in zip(W[i], h, strict=True)), Fraction(0))
+            + Fraction(float(b[i]))
+            for i in range(W.shape[0])
+        ]
+        if k < len(pl.relu):
+            z = [max(v, Fraction(0)) if m else v for v, m in zip(z, pl.relu[k], strict=True)]
+        h = z
+    return h
+
+
+@settings(max_examples=40, deadline=None)
+@given(hard_networks(), st.integers(0, 2**32 - 1))
+@example(LOWERING_REGRESSION, 0)
+def test_the_deviation_bounds_the_lowering_error_exactly(network, seed):
+    """At points of [0, 1]^d, the exact network's outputs and the exact outputs of the lowered
+    network (composed in float64) differ by at most ``bounds.deviation``: the lowering's error
+    bounds hold, in rational arithmetic."""
+    pl = lower(network)
+    rng = np.random.default_rng(seed)
+    for x in rng.uniform(0, 1, (3, network.input_size)):
+        inp = InputSet(x, x)
+        dev = deviation(pl, inp, interval_bounds(pl, inp))
+        exact = exact_logits(network, x.reshape(network.input_shape))
+        low = _exact_lowered(pl, x)
+        gap = [abs(a - b) for a, b in zip(exact, low, strict=True)]
+        if dev is None:
+            assert all(g == 0 for g in gap)
+        else:
+            assert all(g <= Fraction(float(d)) for g, d in zip(gap, dev[-1], strict=True))
+
+
+def test_the_regression_network_carries_a_lowering_error_and_exact_ones_do_not():
+    assert not lower(LOWERING_REGRESSION).exact
+    plain = Network(
+        (Dense(np.eye(2), np.zeros(2)), ReLU(), Dense(np.ones((1, 2)), np.zeros(1))), (2,)
+    )
+    assert lower(plain).exact
