@@ -47,7 +47,13 @@ from verispec.solvers.bounds import (
     output_deviation,
 )
 from verispec.solvers.lowering import PiecewiseLinearNet, lower
-from verispec.solvers.propagation import Sets, TorchNet, crown_bounds, linear_lower
+from verispec.solvers.propagation import (
+    Sets,
+    TorchNet,
+    crown_bounds,
+    linear_lower,
+    relax,
+)
 
 from verispec import options
 from verispec.attacks import pgd_attack, sample_attack
@@ -426,6 +432,7 @@ class ExactSolverBase:
         points = [(lo + hi) / 2]
         with torch.no_grad():
             los, his = crown_bounds(tnet, sets)
+            layers = relax(tnet, sets, los, his, net.depth - 1)
             unstable = sum(
                 (m & (a < 0) & (b > 0)).sum(dim=1)
                 for m, a, b in zip(tnet.relu, los, his, strict=False)
@@ -436,7 +443,7 @@ class ExactSolverBase:
                     break
                 C = torch.tensor(clause.C).expand(B, *clause.C.shape)
                 d = torch.tensor(clause.d).expand(B, clause.d.size)
-                lb = linear_lower(tnet, sets, los, his, C, d, net.depth - 1)
+                lb = linear_lower(tnet, sets, layers, C, d, net.depth - 1)
                 value = np.nan_to_num(lb.value.numpy(), nan=-np.inf)
                 coef = lb.coef.numpy()
                 live = value <= 0

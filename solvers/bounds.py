@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from verispec.solvers.lowering import PiecewiseLinearNet
-from verispec.solvers.propagation import PAD, Sets, TorchNet, crown_bounds, linear_lower
+from verispec.solvers.propagation import PAD, Sets, TorchNet, crown_bounds, linear_lower, relax
 from verispec.solvers.propagation import interval_bounds as propagate_intervals
 
 from verispec.errors import SpecError, UnsupportedError
@@ -280,15 +280,9 @@ def back_substitute(
     C = torch.as_tensor(np.array(spec, dtype=np.float64)[None])
     d = torch.as_tensor(np.array(offset, dtype=np.float64)[None])
     with torch.no_grad():
-        lb = linear_lower(
-            TorchNet.of(net, CPU),
-            to_sets([inp]),
-            _tensors(bounds.lo),
-            _tensors(bounds.hi),
-            C,
-            d,
-            k,
-        )
+        net_t, sets = TorchNet.of(net, CPU), to_sets([inp])
+        layers = relax(net_t, sets, _tensors(bounds.lo), _tensors(bounds.hi), k)
+        lb = linear_lower(net_t, sets, layers, C, d, k)
     return LinearBound(lb.coef[0].numpy(), lb.const[0].numpy(), lb.value[0].numpy())
 
 

@@ -207,53 +207,86 @@ class LinearLower:
     value: torch.Tensor
 
 
+@attrs.frozen(eq=False)
+class Relaxed:
+    """Layer j's relaxation over each set (B, n_j) and what back-substitution through it
+    needs: ``slack``, the weight of |coefficient| in the bound's padding and error (PAD times
+    the magnitude of the terms entering z_j, plus the lowering's error of layer j), and
+    ``size_out`` >= |h_j| (plus |l_j|: the relaxed upper line's magnitude)."""
+
+    lo_slope: torch.Tensor
+    up_slope: torch.Tensor
+    up_icpt: torch.Tensor
+    unstable: torch.Tensor
+    slack: torch.Tensor
+    size_out: torch.Tensor
+
+
+def _slack(
+    net: TorchNet, k: int, size_in: torch.Tensor, extra: torch.Tensor | None
+) -> torch.Tensor:
+    """PAD x (|W_k| size_in + |b_k| (+ extra)) + the lowering's error of layer k."""
+    terms = size_in @ net.weights[k].abs().T + net.biases[k].abs()
+    if extra is not None:
+        terms = terms + extra
+    err = net.error(k, size_in)
+    return PAD * terms if err is None else PAD * terms + err * (1 + 4 * PAD)
+
+
+def relax(
+    net: TorchNet, sets: Sets, los: Sequence[torch.Tensor], his: Sequence[torch.Tensor], upto: int
+) -> list[Relaxed]:
+    """The relaxations of layers 0 .. upto - 1 from valid bounds of their pre-activations."""
+    out: list[Relaxed] = []
+    for j in range(upto):
+        out += relax_one(net, sets, los, his, j, out)
+    return out
+
+
 def linear_lower(
     net: TorchNet,
     sets: Sets,
-    los: Sequence[torch.Tensor],
-    his: Sequence[torch.Tensor],
+    layers: Sequence[Relaxed],
     C: torch.Tensor,
     d: torch.Tensor,
     k: int,
     alphas: Sequence[torch.Tensor] | None = None,
+    owner: torch.Tensor | None = None,
 ) -> LinearLower:
-    """CROWN's linear lower bound of ``C @ z_k + d`` (C (B, p, n_k), d (B, p)) over each set,
-    given valid bounds of the layers before k. ``alphas[j]`` (B, p, n_j) in [0, 1], when
-    given, replace CROWN's lower slopes of the unstable neurons of layer j (alpha-CROWN)."""
+    """CROWN's linear lower bound of ``C @ z_k + d`` (C (R, p, n_k), d (R, p)) over each set,
+    through the relaxations ``layers`` of the layers before k (``relax``). Row r is about set
+    ``owner[r]`` (by default R = B and row r about set r). ``alphas[j]`` (R, p, n_j) in
+    [0, 1], when given, replace CROWN's lower slopes of the unstable neurons of layer j
+    (alpha-CROWN).
+
+    ``slack`` accumulates |coefficient| times each layer's ``Relaxed.slack``: PAD times the
+    sum of |terms| of every dot product on the way, at the magnitudes the back-substituted
+    quantities take over the set, plus the lowering's error; it is subtracted at the end."""
+
+    def mine(t: torch.Tensor) -> torch.Tensor:
+        return t if owner is None else t[owner]
+
     Wk, bk = net.weights[k], net.biases[k]
     M = C @ Wk
     const = C @ bk + d
-    # ``mag`` bounds the sum of |terms| of every dot product on the way, at the magnitudes the
-    # back-substituted quantities take over the set (|h_j| <= size[j + 1]), for the padding;
-    # ``err`` adds up the lowering's error of each layer, weighted by |coefficient|.
-    size = [sets.size()]
-    for j in range(k):
-        a_lo, a_hi = activate(net, j, los[j], his[j])
-        size.append(torch.maximum(a_lo.abs(), a_hi.abs()) + los[j].abs())
-    terms = size[k] @ Wk.abs().T + bk.abs()
-    mag = torch.einsum("bpn,bn->bp", C.abs(), terms) + d.abs()
-    err = torch.zeros_like(mag)
-    layer_err = net.error(k, size[k])
-    if layer_err is not None:
-        err = err + torch.einsum("bpn,bn->bp", C.abs(), layer_err)
+    size_in = sets.size() if k == 0 else layers[k - 1].size_out
+    slack = torch.bmm(C.abs(), mine(_slack(net, k, size_in, None))[:, :, None])[:, :, 0]
+    slack = slack + PAD * d.abs()
     for j in range(k - 1, -1, -1):
-        lo_slope, up_slope, up_icpt, unstable = relaxation(net.relu[j], los[j], his[j])
-        low = lo_slope[:, None, :]
+        lay = layers[j]
+        low = mine(lay.lo_slope)[:, None, :]
         if alphas is not None:
-            low = torch.where(unstable[:, None, :], alphas[j], low)
-        pos = M >= 0
-        const = const + torch.where(pos, 0.0, M * up_icpt[:, None, :]).sum(dim=2)
-        M = M * torch.where(pos, low, up_slope[:, None, :])
+            low = torch.where(mine(lay.unstable)[:, None, :], alphas[j], low)
+        icpt = mine(lay.up_icpt)
+        const = const + torch.bmm(M.clamp(max=0.0), icpt[:, :, None])[:, :, 0]
+        M = M * torch.where(M >= 0, low, mine(lay.up_slope)[:, None, :])
         const = const + M @ net.biases[j]
-        terms = size[j] @ net.weights[j].abs().T + net.biases[j].abs() + up_icpt.abs()
-        mag = mag + torch.einsum("bpn,bn->bp", M.abs(), terms)
-        layer_err = net.error(j, size[j])
-        if layer_err is not None:
-            err = err + torch.einsum("bpn,bn->bp", M.abs(), layer_err)
+        slack = slack + torch.bmm(M.abs(), mine(lay.slack)[:, :, None])[:, :, 0]
         M = M @ net.weights[j]
-    value = sets.lower(M) + const
-    mag = mag + torch.einsum("bpd,bd->bp", M.abs(), size[0]) + const.abs()
-    return LinearLower(M, const, _pad_down(value - err * (1 + 4 * PAD), mag))
+    part = sets if owner is None else Sets(*(t[owner] for t in attrs.astuple(sets, recurse=False)))
+    value = part.lower(M) + const
+    slack = slack + PAD * (torch.bmm(M.abs(), part.size()[:, :, None])[:, :, 0] + const.abs())
+    return LinearLower(M, const, value - PAD * (1.0 + value.abs()) - slack)
 
 
 def back_substitute(
@@ -266,8 +299,9 @@ def back_substitute(
     k: int,
     alphas: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Lower bounds (B, p) of ``C @ z_k + d`` over each set (``linear_lower``'s value)."""
-    return linear_lower(net, sets, los, his, C, d, k, alphas).value
+    """Lower bounds (B, p) of ``C @ z_k + d`` over each set, given valid bounds of the layers
+    before k (``linear_lower``'s value)."""
+    return linear_lower(net, sets, relax(net, sets, los, his, k), C, d, k, alphas).value
 
 
 def crown_bounds(
@@ -276,25 +310,59 @@ def crown_bounds(
     start: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """CROWN bounds of every pre-activation, each layer intersected with IBP's (and with
-    ``start``'s, valid bounds to keep) and used for the layers after it."""
+    ``start``'s, valid bounds to keep) and used for the layers after it. In a hidden layer
+    only the ReLUs the bounds so far leave unstable are back-substituted, each (set, neuron)
+    pair as one row (no padding to the largest count): a stable neuron's relaxation is exact
+    whatever its bounds, so tightening it changes nothing below."""
     los, his = interval_bounds(net, sets)
     if start is not None:
         los = [torch.maximum(a, b) for a, b in zip(los, start[0], strict=True)]
         his = [torch.minimum(a, b) for a, b in zip(his, start[1], strict=True)]
     B = sets.lo.shape[0]
+    dev = sets.lo.device
+    layers = relax(net, sets, los, his, min(1, net.depth - 1))
     for k in range(1, net.depth):
         n = net.weights[k].shape[0]
-        eye = torch.eye(n, dtype=torch.float64, device=sets.lo.device)
-        C = torch.cat([eye, -eye]).expand(B, 2 * n, n)
-        zero = torch.zeros(B, 2 * n, dtype=C.dtype, device=C.device)
-        lb = back_substitute(net, sets, los, his, C, zero, k)
-        los[k] = better(los[k], lb[:, :n])
-        his[k] = -better(-his[k], lb[:, n:])
+        if k + 1 < net.depth:
+            owner, neuron = torch.nonzero(net.relu[k] & (los[k] < 0) & (his[k] > 0), as_tuple=True)
+        else:
+            owner = torch.arange(B, device=dev).repeat_interleave(n)
+            neuron = torch.arange(n, device=dev).repeat(B)
+        R = owner.shape[0]
+        if R:
+            C = torch.zeros(R, 2, n, dtype=torch.float64, device=dev)
+            rows = torch.arange(R, device=dev)
+            C[rows, 0, neuron] = 1.0
+            C[rows, 1, neuron] = -1.0
+            zero = torch.zeros(R, 2, dtype=C.dtype, device=dev)
+            lb = linear_lower(net, sets, layers, C, zero, k, owner=owner).value
+            lo_k, hi_k = los[k].clone(), his[k].clone()
+            lo_k[owner, neuron] = better(los[k][owner, neuron], lb[:, 0])
+            hi_k[owner, neuron] = -better(-his[k][owner, neuron], lb[:, 1])
+            los[k], his[k] = lo_k, hi_k
         if k + 1 < net.depth:  # the tighter layer tightens the interval bounds after it
             a_lo, a_hi = activate(net, k, los[k], his[k])
             lo, hi = _affine_interval(net, k + 1, a_lo, a_hi)
             los[k + 1], his[k + 1] = better(los[k + 1], lo), -better(-his[k + 1], -hi)
+            layers = [*layers, *relax_one(net, sets, los, his, k, layers)]
     return los, his
+
+
+def relax_one(
+    net: TorchNet,
+    sets: Sets,
+    los: Sequence[torch.Tensor],
+    his: Sequence[torch.Tensor],
+    k: int,
+    layers: Sequence[Relaxed],
+) -> list[Relaxed]:
+    """[the relaxation of layer k], given those of the layers before it."""
+    size = sets.size() if k == 0 else layers[k - 1].size_out
+    lo_slope, up_slope, up_icpt, unstable = relaxation(net.relu[k], los[k], his[k])
+    slack = _slack(net, k, size, up_icpt.abs())
+    a_lo, a_hi = activate(net, k, los[k], his[k])
+    size_out = torch.maximum(a_lo.abs(), a_hi.abs()) + los[k].abs()
+    return [Relaxed(lo_slope, up_slope, up_icpt, unstable, slack, size_out)]
 
 
 def interval_atoms(

@@ -237,9 +237,11 @@ def test_reference_rules_cover_every_layer():
 
 
 @settings(max_examples=20, deadline=None)
-@given(net=st.one_of(image_networks(), hard_networks()), seed=st.integers(0, 2**32 - 1))
+@given(net=st.one_of(image_networks(), hard_networks(False)), seed=st.integers(0, 2**32 - 1))
 def test_reference_forward_agrees_with_torch_float64(net, seed):
-    """numpy and torch float64 on the IR's arrays agree to float64 round-off."""
+    """numpy and torch float64 on the IR's arrays agree to float64 round-off, relative to the
+    outputs (not on cancelling networks: their outputs are round-off, which two float64
+    passes may get wholly different)."""
     x = np.random.default_rng(seed).uniform(0, 1, (4, *net.input_shape))
     a = reference_forward(net, x)
     b = torch_forward64(net, torch.from_numpy(x)).numpy()
