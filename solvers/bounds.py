@@ -35,6 +35,7 @@ import torch
 from numpy.typing import NDArray
 from verispec.solvers.lowering import PiecewiseLinearNet
 from verispec.solvers.propagation import PAD, Sets, TorchNet, crown_bounds, linear_lower, relax
+from verispec.solvers.propagation import deviation as propagate_deviation
 from verispec.solvers.propagation import interval_bounds as propagate_intervals
 
 from verispec.errors import SpecError, UnsupportedError
@@ -214,28 +215,15 @@ def _finish(net: PiecewiseLinearNet, inp: InputSet, bounds: Bounds) -> Bounds:
 
 def deviation(net: PiecewiseLinearNet, inp: InputSet, bounds: Bounds) -> list[FloatArray] | None:
     """Per layer, a bound of |z_k(exact) - z_k(lowered)| on the set (None when the lowering is
-    exact), from the lowering's error bounds and the magnitudes ``bounds`` allow:
-    Delta_k = |W_k| Delta_{k-1} + E_k (|h_{k-1}| + Delta_{k-1}) + e_k (ReLU is 1-Lipschitz)."""
+    exact), from the lowering's error bounds and the magnitudes ``bounds`` allow
+    (``propagation.deviation``)."""
     if net.exact:
         return None
-    size = np.maximum(np.abs(inp.lo), np.abs(inp.hi))
-    prev = np.zeros_like(size)
-    out = []
-    for k, (E, e) in enumerate(zip(net.weight_errors(), net.bias_errors(), strict=True)):
-        W = net.weights[k]
-        dev = np.abs(W) @ prev
-        if E is not None:
-            dev = dev + E @ (size + prev)
-        if e is not None:
-            dev = dev + e
-        dev = dev * (1 + PAD) + (W.shape[1] + 2) * 2.0**-1074  # its own rounding
-        out.append(dev)
-        if k + 1 < net.depth:
-            lo, hi = bounds.lo[k], bounds.hi[k]
-            a_lo = np.where(net.relu[k], np.maximum(lo, 0), lo)
-            a_hi = np.where(net.relu[k], np.maximum(hi, 0), hi)
-            size, prev = np.maximum(np.abs(a_lo), np.abs(a_hi)), dev
-    return out
+    with torch.no_grad():
+        dev = propagate_deviation(
+            TorchNet.of(net, CPU), to_sets([inp]), _tensors(bounds.lo), _tensors(bounds.hi)
+        )
+    return None if dev is None else list(_numpy(dev))
 
 
 def output_deviation(

@@ -365,6 +365,35 @@ def relax_one(
     return [Relaxed(lo_slope, up_slope, up_icpt, unstable, slack, size_out)]
 
 
+def deviation(
+    net: TorchNet,
+    sets: Sets,
+    los: Sequence[torch.Tensor],
+    his: Sequence[torch.Tensor],
+) -> list[torch.Tensor] | None:
+    """Per layer (B, n_k), a bound of |z_k(exact) - z_k(lowered)| on each set, or None when
+    the lowering is exact; ``los``/``his`` are valid bounds of either network. With ReLU
+    1-Lipschitz, Delta_k = |W_k| Delta_{k-1} + E_k (|h_{k-1}| + Delta_{k-1}) + e_k, where
+    |h_{k-1}| + Delta_{k-1} bounds the exact network's |h_{k-1}| whichever the bounds hold
+    for. Solvers deciding the lowered network widen their margins by it."""
+    if all(e is None for e in (*net.weight_error, *net.bias_error)):
+        return None
+    size = sets.size()
+    prev = torch.zeros_like(size)
+    out = []
+    for k in range(net.depth):
+        dev = prev @ net.weights[k].abs().T
+        err = net.error(k, size + prev)
+        if err is not None:
+            dev = dev + err
+        dev = dev * (1 + 4 * PAD) + (net.weights[k].shape[1] + 2) * 2.0**-1074
+        out.append(dev)
+        if k + 1 < net.depth:
+            a_lo, a_hi = activate(net, k, los[k], his[k])
+            size, prev = torch.maximum(a_lo.abs(), a_hi.abs()), dev
+    return out
+
+
 def interval_atoms(
     lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor
 ) -> torch.Tensor:

@@ -33,6 +33,10 @@ ball, or a box), and a goal (alternatives of DNFs of atoms ``c . y + d > 0``):
   magnitudes involved (far above float64 round-off), always in the direction that explores
   more and certifies less. The data domain is ignored for exploration (exploring more is
   sound) but every witness is clamped into it.
+- the search runs on the lowered network, whose composed weights may differ from the exact
+  network's (``verispec/solvers/lowering.py``): the safe test adds |c| times a bound of the
+  outputs' deviation on S (``propagation.deviation``, from interval bounds), so a safe atom
+  is safe for the exact network too. The deviation is 0 when the lowering is exact.
 - when no alternative can hold, each unsafe atom's hyperplane is a decision boundary within
   reach: x is projected onto it in the set's own norm (l2: along w; l_inf / box: along
   sign(w) scaled by r), pushed slightly across, clamped into S and the domain, moved into
@@ -67,7 +71,7 @@ from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
 from verispec.results import BatchResult, CheckResult, GuaranteeKind, Verdict
 from verispec.solvers.bounds import InputSet, to_sets
 from verispec.solvers.lowering import PiecewiseLinearNet, lower
-from verispec.solvers.propagation import Method, TorchNet, atoms_from, layer_bounds
+from verispec.solvers.propagation import Method, TorchNet, atoms_from, deviation, layer_bounds
 from verispec.specs import PointSpec, SafeOrdering, Spec
 
 REL_MARGIN = 1e-9
@@ -281,6 +285,7 @@ class _Explorer:
         self.C = torch.as_tensor(C, device=dev)
         self.d = torch.as_tensor(dd, device=dev)
         self.unstable, self.proved = self._bounds()
+        self.output_dev = self._output_deviation()
 
     def _bounds(self) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
         """Per target: which ReLU bits the bounds leave unstable on its region (n, N), and
@@ -311,6 +316,23 @@ class _Explorer:
             safe = np.nan_to_num(value.cpu().numpy(), nan=-np.inf) > 0
         proved[rows] = self._holding(np.array(rows, dtype=np.int64), safe).any(axis=1)
         return unstable, proved
+
+    def _output_deviation(self) -> torch.Tensor | None:
+        """(n, m): a bound of |f(exact) - f(lowered)| on each target's set (None when the
+        lowering is exact), from interval bounds."""
+        net = self.low.torch_net
+        if self.low.net.exact or not self.targets:
+            return None
+        region = [t.goal.alternatives[0].region if t.alternatives else None for t in self.targets]
+        inputs = [
+            InputSet.of(r) if r is not None else InputSet(t.centre, t.centre)
+            for r, t in zip(region, self.targets, strict=True)
+        ]
+        sets = to_sets(inputs, self.low.device)
+        with torch.no_grad():
+            los, his = layer_bounds(net, sets, Method.IBP)
+            dev = deviation(net, sets, los, his)
+        return None if dev is None else dev[-1]
 
     def _holding(self, tidx: NDArray[np.int64], safe: NDArray[np.bool_]) -> NDArray[np.bool_]:
         """(B, alternatives): for items of targets ``tidx`` with safe atoms ``safe`` (B, T),
@@ -473,6 +495,8 @@ class _Explorer:
             + REL_MARGIN * (Cabs @ sigmas[-1][:, :, None]).squeeze(-1)
             + REL_MARGIN * ((Cabs @ mags[-1][:, :, None]).squeeze(-1) + self.d[ti].abs())
         )
+        if self.output_dev is not None:  # the lowering's deviation from the exact network
+            tol = tol + (Cabs @ self.output_dev[ti][:, :, None]).squeeze(-1)
         safe = (u > tol).cpu().numpy()
         reach_bits = np.concatenate(reach, axis=1) if reach else np.zeros((B, 0), dtype=bool)
         return reach_bits, safe, u, Ja
