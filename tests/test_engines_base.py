@@ -422,3 +422,42 @@ def test_a_certificate_at_an_unconfirmed_near_tie_is_withdrawn():
         net, spec, x, None, Box.uniform(0.0, 1.0, (1,))
     )
     assert result[0].verdict is Verdict.UNKNOWN and "near-tie" in result[0].detail
+
+
+def test_a_witness_refuted_only_by_a_cancelling_float64_pass_is_not_reported():
+    """Found by the soundness suite with ``cancelling_networks``: layers at 1e15 whose product
+    cancels to order 1. float64 puts y_1 above y_0 at x = 0.1157 (a violation of y_0 > y_1),
+    exact arithmetic does not (y = [-1.43, -3.83]); the band relative to the outputs did not
+    cover the rounding. Small networks now decide every witness exactly."""
+    import verispec.network as vn
+    from verispec.properties import Clause, Predicate
+    from verispec.regions import Polytope
+    from verispec.specs import SafeOrdering
+
+    net = vn.Network(
+        (
+            vn.Dense(
+                np.array([[1651423223606960.8], [-7300955658863260.0]]),
+                np.array([433985048532450.4, 1164838300587626.8]),
+            ),
+            vn.Dense(
+                np.array([[1.906314631258549, 0.4311945450237482],
+                          [1.3261070582457242, 0.2999557996654189]]),
+                np.array([-1329583968812979.5, -924910639965664.8]),
+            ),
+            vn.ReLU(),
+            vn.Dense(np.eye(2), np.array([0.004896402519327581, 0.09444624736710015])),
+            vn.Normalize(np.array([0.5673795591360873, 0.7954361494439858]),
+                         np.array([0.07853881252304407, 0.08598462013271072])),
+        ),
+        (1,),
+    )  # fmt: skip
+    box = Box(np.array([-0.36303831]), np.array([1.63696169]))
+    spec = SafeOrdering(
+        Polytope(np.array([[0.12573022]]), np.array([0.09704551]), box),
+        Predicate((Clause(np.array([[1.0, -1.0]]), np.array([0.0])),)),
+    )
+    x = np.array([0.11570057330735861])
+    assert net.forward64(x[None])[0, 0] < net.forward64(x[None])[0, 1]  # float64 says violated
+    assert spec.as_property().confirm(net, x) is None
+    assert engine_class("lipschitz")().check(net, spec)[0].verdict is not Verdict.FALSIFIED

@@ -60,6 +60,23 @@ CLEAR_VIOLATION = 1e-11
 """A witness whose float64 slack is within ``CLEAR_VIOLATION`` (1 + max |y|) of zero (far above
 float64 rounding) is decided in exact rational arithmetic (``verispec.exact_forward``)."""
 
+EXACT_CONFIRM_COST = 20_000
+"""Networks whose forward pass costs at most this many multiply-adds (dense equivalent) have
+every witness decided in exact arithmetic: the band above is relative to the outputs, and a
+layer whose terms cancel (products near 1e15 summing to 1) rounds by far more than it."""
+
+
+def _cost(network: Network) -> int:
+    """Multiply-adds of a forward pass, counting convolutions and pooling as dense maps."""
+    total = 0
+    for layer, shape in zip(network.layers, network.shapes, strict=False):
+        n_in = math.prod(shape)
+        total += n_in * math.prod(layer.output_shape(shape)) if layer.kind in _MIXING else n_in
+    return total
+
+
+_MIXING = frozenset({"dense", "conv2d", "avgpool2d"})
+
 
 def _clauses(value: Iterable[Clause]) -> tuple[Clause, ...]:
     return tuple(value)
@@ -145,8 +162,9 @@ class Property:
     def confirm(self, network: Network, x: FloatArray) -> FloatArray | None:
         """The witness to report for a candidate ``x`` (input shape): ``x`` moved into the
         region (``Region.inside``) and re-checked by a float64 forward pass on the network's
-        exact weights (exactly, in rationals, when float64 is within rounding of zero:
-        ``CLEAR_VIOLATION``); None when that point is not a counterexample."""
+        exact weights (exactly, in rationals, when float64 is within rounding of zero,
+        ``CLEAR_VIOLATION``, or the network is small, ``EXACT_CONFIRM_COST``); None when that
+        point is not a counterexample."""
         return _confirm(network, self.region, (self,), x)
 
 
@@ -182,14 +200,15 @@ def _confirm(
     moved = region.inside(np.asarray(x, dtype=np.float64).reshape(network.input_shape))
     if moved is None:
         return None
-    y = network.forward64(moved[None])[0]
-    band = CLEAR_VIOLATION * (1.0 + float(np.max(np.abs(y))))
-    slacks = [float(p.predicate.slack(y[None])[0]) for p in props]
-    if any(s > band for s in slacks):
-        return None  # the predicate clearly holds for some alternative
-    if all(s <= -band for s in slacks):
-        return moved
-    # within rounding of zero: decide in exact rational arithmetic
+    if _cost(network) > EXACT_CONFIRM_COST:
+        y = network.forward64(moved[None])[0]
+        band = CLEAR_VIOLATION * (1.0 + float(np.max(np.abs(y))))
+        slacks = [float(p.predicate.slack(y[None])[0]) for p in props]
+        if any(s > band for s in slacks):
+            return None  # the predicate clearly holds for some alternative
+        if all(s <= -band for s in slacks):
+            return moved
+    # a small network, or within rounding of zero: decide in exact rational arithmetic
     from verispec.exact_forward import exact_logits
 
     exact = exact_logits(network, moved)
