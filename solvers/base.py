@@ -276,10 +276,15 @@ class ExactSolverBase:
 
     # -- one input set ------------------------------------------------------------------------
     def _violation(
-        self, net: PiecewiseLinearNet, inp: InputSet, bounds: Bounds, prop: Property
+        self,
+        net: PiecewiseLinearNet,
+        inp: InputSet,
+        bounds: Bounds,
+        prop: Property,
+        out_dev: FloatArray,
     ) -> tuple[Atoms, ...] | None:
-        """The clauses' violable atoms with their bounds; None when some clause provably holds
-        everywhere."""
+        """The clauses' violable atoms with their bounds (``out_dev``: the outputs' deviation,
+        ``bounds.output_deviation``); None when some clause provably holds everywhere."""
         out = []
         last = net.depth - 1
         for clause in prop.predicate.clauses:
@@ -289,7 +294,7 @@ class ExactSolverBase:
             ub = back_substitute(net, inp, bounds, last, -clause.C, -clause.d)
             # lower holds for the exact network; upper (big-M) must hold for the lowered one
             lower = lb.value
-            upper = -ub.value + output_deviation(net, inp, bounds, clause.C)
+            upper = -ub.value + np.abs(clause.C) @ out_dev
             live = lower <= 0
             if not live.any():
                 return None  # every atom > 0 everywhere: the clause, hence the predicate
@@ -307,16 +312,15 @@ class ExactSolverBase:
         bounds: Bounds,
         deadline: float,
     ) -> tuple[Verdict, FloatArray | None, str]:
-        violation = self._violation(net, inp, bounds, prop)
+        out_dev = output_deviation(net, inp, bounds)
+        violation = self._violation(net, inp, bounds, prop, out_dev)
         stats = f"{bounds.num_unstable(net)} unstable ReLUs ({bounds.method.value} bounds)"
         if violation is None:
             return Verdict.CERTIFIED, None, f"proved by the bounds; {stats}"
         tol = self.config.tolerance
         # The search decides the lowered network: a violation of the exact one is a violation
         # of the lowered one by at most the outputs' deviation, which the margin adds.
-        slack = max(
-            (float(output_deviation(net, inp, bounds, a.C).max()) for a in violation), default=0.0
-        )
+        slack = max((float((np.abs(a.C) @ out_dev).max()) for a in violation), default=0.0)
         first = self._search(Query(net, inp, bounds, violation, tol + slack), deadline)
         if first.status is SearchStatus.NONE:
             return Verdict.CERTIFIED, None, f"{self.name}: no violation; {stats}"

@@ -226,15 +226,11 @@ def deviation(net: PiecewiseLinearNet, inp: InputSet, bounds: Bounds) -> list[Fl
     return None if dev is None else list(_numpy(dev))
 
 
-def output_deviation(
-    net: PiecewiseLinearNet, inp: InputSet, bounds: Bounds, C: FloatArray
-) -> FloatArray:
-    """Per row of ``C`` (p, m): a bound of |C (f(exact) - f(lowered))| on the set (zeros when
-    the lowering is exact)."""
+def output_deviation(net: PiecewiseLinearNet, inp: InputSet, bounds: Bounds) -> FloatArray:
+    """Per output, a bound of |f(exact) - f(lowered)| on the set (zeros when the lowering is
+    exact); an atom c.y + d deviates by at most |c| times it."""
     dev = deviation(net, inp, bounds)
-    if dev is None:
-        return np.zeros(C.shape[0])
-    return np.asarray((np.abs(C) @ dev[-1]) * (1 + PAD))
+    return np.zeros(net.num_outputs) if dev is None else np.asarray(dev[-1] * (1 + PAD))
 
 
 def interval_bounds(net: PiecewiseLinearNet, inp: InputSet) -> Bounds:

@@ -399,23 +399,8 @@ def test_a_certificate_at_an_unconfirmed_near_tie_is_withdrawn():
     lowered network (composed float64 weights), certified it."""
     from verispec.solvers.base import SolverConfig
 
-    import verispec.network as vn
+    from tests.strategies import LOWERING_REGRESSION as net
 
-    net = vn.Network(
-        [
-            vn.BatchNorm(np.array([9.760671056420785]), np.array([-5.328128406083632])),
-            vn.Dense(np.array([[1.0]]), np.array([0.0])),
-            vn.Dense(np.array([[1e8]]), np.array([0.0])),
-            vn.Dense(np.array([[1e8]]), np.array([0.0])),
-            vn.Normalize(np.array([0.37720028425775887]), np.array([-0.1])),
-            vn.Dense(
-                np.array([[0.49999999], [10000.0003], [0.5000000005], [-1.0000001]]),
-                np.array([1.1192587796137391e20, -3.3584467743735303e20, 1.1192583362940748e20,
-                          1.1199300211779589e20]),
-            ),
-        ],
-        (1,),
-    )  # fmt: skip
     x = np.array([[0.4999999944944531]])
     spec = LocalRobustness(2.769784042531284e-17, Norm.L2)
     result = engine_class("smt")(SolverConfig(timeout=10.0)).check(
