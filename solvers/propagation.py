@@ -348,6 +348,17 @@ def crown_bounds(
     return los, his
 
 
+def gradient_bound(net: TorchNet, his: Sequence[torch.Tensor], C: torch.Tensor) -> torch.Tensor:
+    """(B, p, d): an upper bound of |d (C z_L) / dx| over each set (C (B, p, n_L)), from upper
+    bounds ``his`` of the pre-activations: every ReLU that may be active passes the gradient
+    (ReluVal's symbolic gradient interval, in magnitudes). Only a heuristic uses it."""
+    G = C.abs()
+    for j in range(net.depth - 1, 0, -1):
+        G = G @ net.weights[j].abs()
+        G = G * torch.where(net.relu[j - 1], his[j - 1] > 0, True)[:, None, :].to(G.dtype)
+    return G @ net.weights[0].abs()
+
+
 def relax_one(
     net: TorchNet,
     sets: Sets,

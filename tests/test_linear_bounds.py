@@ -13,7 +13,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from verispec.solvers.bounds import InputSet, to_sets
 from verispec.solvers.lowering import lower
-from verispec.solvers.propagation import Method, TorchNet, atom_bounds
+from verispec.solvers.propagation import (
+    Method,
+    TorchNet,
+    atom_bounds,
+    crown_bounds,
+    gradient_bound,
+)
 
 import verispec as vs
 from tests.strategies import (
@@ -165,3 +171,26 @@ def test_bounds_at_a_point_contain_its_exact_outputs(network, seed, method):
     exact = exact_logits(network, x.reshape(network.input_shape))
     for i in range(m):
         assert Fraction(float(low[i])) <= exact[i] <= -Fraction(float(low[m + i]))
+
+
+@settings(deadline=None)
+@given(small_networks() | hard_networks(cancelling=False), st.integers(0, 2**32 - 1))
+def test_the_gradient_bound_covers_the_gradient_at_sampled_points(network, seed):
+    """``gradient_bound`` (the branch and bound's split heuristic) bounds |d atom / dx| at
+    every sampled point of the box: a ReLU it drops is inactive on the whole box."""
+    n_in = int(np.prod(network.input_shape))
+    rng = np.random.default_rng(seed)
+    region = Box(*np.sort(rng.uniform(0.0, 1.0, (2, n_in)), axis=0))
+    m = network.num_classes
+    C = np.concatenate([np.eye(m), np.eye(m)[:1] - np.eye(m)[1:]])
+    net = TorchNet.of(lower(network), CPU)
+    sets = to_sets([InputSet.of(region)], CPU)
+    _, his = crown_bounds(net, sets)
+    bound = gradient_bound(net, his, torch.from_numpy(C[None]))[0].numpy()
+    module = network.module(torch.float64)
+    x = torch.tensor(rng.uniform(region.lo, region.hi, (20, n_in)), requires_grad=True)
+    y = module(x.reshape(-1, *network.input_shape)) @ torch.from_numpy(C.T)
+    for row in range(C.shape[0]):
+        (g,) = torch.autograd.grad(y[:, row].sum(), x, retain_graph=True)
+        slack = 1e-9 * (1 + bound[row])
+        assert np.all(g.abs().numpy() <= bound[row] + slack), (row, g, bound[row])

@@ -3,6 +3,8 @@ layer's float64 semantics (the layer is the unit of extension: verispec/rules.py
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import attrs
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from verispec.engines.lipschitz_bounds import LIPSCHITZ, layer_bounds, network_l
 from verispec.engines.roundoff import ROUNDOFF, RoundoffForward
 from verispec.errors import UnsupportedLayerError
 from verispec.exact_forward import EXACT_FORWARD, exact_logits
+from verispec.float_error import FLOAT_ERROR, float_logits
 from verispec.ir import (
     LAYER_TYPES,
     AvgPool2d,
@@ -46,7 +49,15 @@ SAMPLES: dict[type, tuple[Layer, tuple[int, ...]]] = {
     AvgPool2d: (AvgPool2d(2, 1), (1, 3, 3)),
 }
 
-TABLES: list[RuleTable] = [TORCH_FORWARD, CODECS, LIPSCHITZ, ROUNDOFF, LOWERING, EXACT_FORWARD]
+TABLES: list[RuleTable] = [
+    TORCH_FORWARD,
+    CODECS,
+    LIPSCHITZ,
+    ROUNDOFF,
+    LOWERING,
+    EXACT_FORWARD,
+    FLOAT_ERROR,
+]
 
 
 def _net(layer_type: type) -> Network:
@@ -184,3 +195,15 @@ def test_exact_forward_is_the_float64_forward_without_rounding(layer_type: type)
     for x, y in zip(xs, net.forward64(xs), strict=True):
         exact = np.array([float(v) for v in exact_logits(net, x)])
         np.testing.assert_allclose(exact, y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer_type", list(SAMPLES), ids=lambda t: t.__name__)
+def test_float_error_bounds_the_float64_pass_against_exact_arithmetic(layer_type: type):
+    net = _net(layer_type)
+    for x in RNG.uniform(-2, 2, size=(3, *net.input_shape)):
+        y, err = float_logits(net, x)
+        exact = exact_logits(net, x)
+        np.testing.assert_allclose(y, net.forward64(x[None])[0], rtol=1e-12, atol=1e-12)
+        for a, b, e in zip(y, exact, err, strict=True):
+            assert abs(Fraction(a) - b) <= Fraction(e)
+        assert np.all(err < 1e-12 * (1 + np.abs(y)))  # and it is not vacuous

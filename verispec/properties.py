@@ -56,28 +56,6 @@ class Clause:
         return y @ self.C.T + self.d
 
 
-CLEAR_VIOLATION = 1e-11
-"""A witness whose float64 slack is within ``CLEAR_VIOLATION`` (1 + max |y|) of zero (far above
-float64 rounding) is decided in exact rational arithmetic (``verispec.exact_forward``)."""
-
-EXACT_CONFIRM_COST = 20_000
-"""Networks whose forward pass costs at most this many multiply-adds (dense equivalent) have
-every witness decided in exact arithmetic: the band above is relative to the outputs, and a
-layer whose terms cancel (products near 1e15 summing to 1) rounds by far more than it."""
-
-
-def _cost(network: Network) -> int:
-    """Multiply-adds of a forward pass, counting convolutions and pooling as dense maps."""
-    total = 0
-    for layer, shape in zip(network.layers, network.shapes, strict=False):
-        n_in = math.prod(shape)
-        total += n_in * math.prod(layer.output_shape(shape)) if layer.kind in _MIXING else n_in
-    return total
-
-
-_MIXING = frozenset({"dense", "conv2d", "avgpool2d"})
-
-
 def _clauses(value: Iterable[Clause]) -> tuple[Clause, ...]:
     return tuple(value)
 
@@ -117,6 +95,25 @@ class Predicate:
                 worst = min(worst, value)
             best = max(best, worst)
         return best
+
+    def decided(self, y: FloatArray, err: FloatArray) -> bool | None:
+        """Whether the predicate holds at the exact logits, from float logits ``y`` (m,) within
+        ``err`` (m,) of them elementwise: True or False where every clause is clear of zero by
+        its error (the atoms' own rounding included), None where some is not."""
+        m = y.shape[0]
+        g = (m + 2) * 2.0**-53 / (1 - (m + 2) * 2.0**-53)
+        unclear = False
+        for clause in self.clauses:
+            vals = clause.C @ y + clause.d
+            absC = np.abs(clause.C)
+            errs = (absC @ err + g * (absC @ np.abs(y) + np.abs(clause.d))) * (1 + 4 * g)
+            if not np.all(np.isfinite(errs) & np.isfinite(vals)):
+                unclear = True
+            elif np.all(vals > errs):
+                return True  # every atom is positive at the exact logits
+            elif not np.any(vals <= -errs):
+                unclear = True  # no atom is clearly <= 0: the clause may hold
+        return None if unclear else False
 
     def holds(self, y: FloatArray) -> np.ndarray:
         """Boolean (n,): whether the predicate holds for each row of ``y`` (n, m)."""
@@ -162,8 +159,8 @@ class Property:
     def confirm(self, network: Network, x: FloatArray) -> FloatArray | None:
         """The witness to report for a candidate ``x`` (input shape): ``x`` moved into the
         region (``Region.inside``) and re-checked by a float64 forward pass on the network's
-        exact weights (exactly, in rationals, when float64 is within rounding of zero,
-        ``CLEAR_VIOLATION``, or the network is small, ``EXACT_CONFIRM_COST``); None when that
+        exact weights that bounds its own rounding error (``verispec.float_error``); where
+        an atom is within that error of zero, in exact rationals instead. None when that
         point is not a counterexample."""
         return _confirm(network, self.region, (self,), x)
 
@@ -200,15 +197,15 @@ def _confirm(
     moved = region.inside(np.asarray(x, dtype=np.float64).reshape(network.input_shape))
     if moved is None:
         return None
-    if _cost(network) > EXACT_CONFIRM_COST:
-        y = network.forward64(moved[None])[0]
-        band = CLEAR_VIOLATION * (1.0 + float(np.max(np.abs(y))))
-        slacks = [float(p.predicate.slack(y[None])[0]) for p in props]
-        if any(s > band for s in slacks):
-            return None  # the predicate clearly holds for some alternative
-        if all(s <= -band for s in slacks):
-            return moved
-    # a small network, or within rounding of zero: decide in exact rational arithmetic
+    from verispec.float_error import float_logits
+
+    y, err = float_logits(network, moved)
+    decided = [p.predicate.decided(y, err) for p in props]
+    if any(d is True for d in decided):
+        return None  # the predicate holds for some alternative, rounding included
+    if all(d is False for d in decided):
+        return moved
+    # within the float64 pass's rounding error of zero: decide in exact rational arithmetic
     from verispec.exact_forward import exact_logits
 
     exact = exact_logits(network, moved)
