@@ -17,6 +17,7 @@ from verispec.data import Dataset
 from verispec.engines.base import Engine, EngineBase, engine_class
 from verispec.ensembles import AuditStatus, Ensemble, EnsembleAudit, EnsemblePointAudit
 from verispec.errors import DataError, SpecError, UnsupportedError
+from verispec.executor import LOCAL, Executor, TaskFailure
 from verispec.modelfile import load_network
 from verispec.network import Network
 from verispec.regions import Box, FloatArray
@@ -116,6 +117,7 @@ def check(
     points: Sequence[int] | None = None,
     done: Mapping[int, CheckResult] | None = None,
     on_result: OnResult | None = None,
+    executor: Executor | None = None,
 ) -> Report:
     """Check ``spec`` on ``model`` at every point of ``data`` (the first ``limit``); a
     ``SafeOrdering`` spec needs no data (one global result, index 0). Returns a Report with
@@ -130,7 +132,9 @@ def check(
     ``points``: the indices (among the first ``limit``) to check, in ascending order; all by
     default. ``done``: results already known by index (a run log being resumed): chunks made
     only of them are not run again. ``on_result(index, result)`` sees every point decided
-    now; ``progress(k)`` is told after each chunk (known ones included)."""
+    now; ``progress(k)`` is told after each chunk (known ones included). ``executor`` runs
+    the chunks (``verispec.executor``; in this process by default, ``verispec.cluster`` for
+    Ray workers); the results and their order do not depend on it."""
     if isinstance(model, Ensemble):
         if engine is not None:
             given = engine if isinstance(engine, str) else getattr(engine, "name", engine)
@@ -139,7 +143,7 @@ def check(
                 "their engines (Member(network, engine)); call check without engine="
             )
         return _check_ensemble(
-            model, spec, data, limit, name, radii, progress, points, done, on_result
+            model, spec, data, limit, name, radii, progress, points, done, on_result, executor
         )
     if isinstance(model, SelfCorrecting):
         return _check_corrected(model, spec, engine, name, radii, progress)
@@ -170,7 +174,9 @@ def check(
             return run.check(network, point_spec, xs[idx], ys[idx], domain)
 
         size = chunk_points(eng)
-    results, prior = _decide_chunks(decide, indices, size, eng.name, done, on_result, progress)
+    results, prior = _decide_chunks(
+        decide, indices, size, eng.name, done, on_result, progress, executor
+    )
     return Report(
         property_name=name or describe(spec),
         spec=describe(spec),
@@ -249,19 +255,25 @@ def _decide_chunks(
     done: Mapping[int, CheckResult] | None,
     on_result: OnResult | None,
     progress: Callable[[int], None] | None,
+    executor: Executor | None = None,
 ) -> tuple[BatchResult | tuple[CheckResult, ...], float]:
     """Every index's result, chunk by chunk (known chunks from ``done``), and the seconds the
     known results took when they were decided."""
     known = done or {}
     parts: list[Sequence[CheckResult]] = []
     prior = 0.0
-    for lo in range(0, len(indices), size):
-        idx = [int(i) for i in indices[lo : lo + size]]
+    chunks = [[int(i) for i in indices[lo : lo + size]] for lo in range(0, len(indices), size)]
+    todo = [np.asarray(c, dtype=np.int64) for c in chunks if not all(i in known for i in c)]
+    outcomes = (executor or LOCAL).map(decide, todo)
+    for idx in chunks:
         if all(i in known for i in idx):
             parts.append(BatchResult.from_results([known[i] for i in idx], engine))
             prior += sum(known[i].time_s for i in idx)
         else:
-            part = decide(np.asarray(idx, dtype=np.int64))
+            outcome = next(outcomes)
+            part = (
+                _failed(len(idx), engine, outcome) if isinstance(outcome, TaskFailure) else outcome
+            )
             if on_result is not None:
                 for i, result in zip(idx, part, strict=True):
                     if i not in known:
@@ -270,6 +282,11 @@ def _decide_chunks(
         if progress is not None:
             progress(len(idx))
     return _joined(parts, engine), prior
+
+
+def _failed(count: int, engine: str, failure: TaskFailure) -> tuple[CheckResult, ...]:
+    """The results of a chunk whose task could not complete: UNKNOWN, saying why."""
+    return tuple(CheckResult(Verdict.UNKNOWN, engine, detail=failure.detail) for _ in range(count))
 
 
 def _check_ensemble(
@@ -283,6 +300,7 @@ def _check_ensemble(
     points: Sequence[int] | None,
     done: Mapping[int, CheckResult] | None,
     on_result: OnResult | None,
+    executor: Executor | None = None,
 ) -> Report:
     """``check`` on an ensemble: its ``check`` on the data's points, chunk by chunk."""
     ensemble.supports(spec)
@@ -296,7 +314,9 @@ def _check_ensemble(
         return ensemble.check(spec, xs[idx], ys[idx], domain)
 
     size = chunk_points(ensemble)
-    results, prior = _decide_chunks(decide, indices, size, ensemble.name, done, on_result, progress)
+    results, prior = _decide_chunks(
+        decide, indices, size, ensemble.name, done, on_result, progress, executor
+    )
     return Report(
         property_name=name or describe(spec),
         spec=describe(spec),
@@ -385,10 +405,12 @@ def audit_points(
     done: Mapping[int, AuditPoint] | None = None,
     on_point: Callable[[AuditPoint], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    executor: Executor | None = None,
 ) -> AuditReport:
     """``verispec.audit.audit`` point by point over the first ``limit`` points of ``data`` (a
     ``SafeOrdering`` spec: its one global goal, index 0): ``points`` selects indices, ``done``
-    holds points already audited (not run again), ``on_point`` sees each new one."""
+    holds points already audited (not run again), ``on_point`` sees each new one, in index
+    order; ``executor`` runs the points (one task each; in this process by default)."""
     from verispec.audit import audit
 
     known = done or {}
@@ -402,23 +424,33 @@ def audit_points(
             raise DataError(f"{describe(spec)} is audited at data points: give a data source")
         xs, ys, domain = points_of(network, data, limit)
         indices = selected_points(points, len(xs))
+
+    def one(i: int) -> AuditPoint:
+        run = engine.numbered([i]) if isinstance(engine, EngineBase) else engine
+        x = None if xs is None else xs[i : i + 1]
+        y = None if ys is None else ys[i : i + 1]
+        rep = audit(run, solver, network, spec, x, y, domain, timeout)
+        return AuditPoint(
+            i,
+            rep.engine_results[0],
+            rep.solver_results[0],
+            tuple(attrs.evolve(v, index=i) for v in rep.violations),
+            rep.engine_time_s,
+            rep.solver_time_s,
+        )
+
+    outcomes = (executor or LOCAL).map(one, [i for i in indices if i not in known])
     out: list[AuditPoint] = []
     for i in indices:
         if i in known:
             point = known[i]
         else:
-            run = engine.numbered([i]) if isinstance(engine, EngineBase) else engine
-            x = None if xs is None else xs[i : i + 1]
-            y = None if ys is None else ys[i : i + 1]
-            rep = audit(run, solver, network, spec, x, y, domain, timeout)
-            point = AuditPoint(
-                i,
-                rep.engine_results[0],
-                rep.solver_results[0],
-                tuple(attrs.evolve(v, index=i) for v in rep.violations),
-                rep.engine_time_s,
-                rep.solver_time_s,
-            )
+            outcome = next(outcomes)
+            if isinstance(outcome, TaskFailure):
+                failed = CheckResult(Verdict.UNKNOWN, engine.name, detail=outcome.detail)
+                unknown = attrs.evolve(failed, engine=solver.name)
+                outcome = AuditPoint(i, failed, unknown, (), 0.0, 0.0)
+            point = outcome
             if on_point is not None:
                 on_point(point)
         out.append(point)
@@ -461,21 +493,34 @@ def audit_ensemble_points(
     done: Mapping[int, EnsemblePointAudit] | None = None,
     on_point: Callable[[EnsemblePointAudit], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    executor: Executor | None = None,
 ) -> EnsembleAudit:
     """``audit_ensemble`` point by point over the first ``limit`` points of ``data``, with
-    ``points``, ``done`` and ``on_point`` as in ``audit_points``."""
+    ``points``, ``done``, ``on_point`` and ``executor`` as in ``audit_points``."""
     from verispec.ensembles import audit_ensemble
     from verispec.ensembles.exact import _spec_text as ensemble_spec_text
 
     known = done or {}
     xs, _, domain = points_of(ensemble, data, limit)
+    indices = selected_points(points, len(xs))
+
+    def one(i: int) -> EnsemblePointAudit:
+        rep = audit_ensemble(ensemble, spec, xs[i : i + 1], domain, timeout)
+        return attrs.evolve(rep.points[0], index=i)
+
+    outcomes = (executor or LOCAL).map(one, [i for i in indices if i not in known])
     out: list[EnsemblePointAudit] = []
-    for i in selected_points(points, len(xs)):
+    for i in indices:
         if i in known:
             point = known[i]
         else:
-            rep = audit_ensemble(ensemble, spec, xs[i : i + 1], domain, timeout)
-            point = attrs.evolve(rep.points[0], index=i)
+            outcome = next(outcomes)
+            if isinstance(outcome, TaskFailure):
+                # no answer is known: its task did not complete (-1, as the detail says)
+                outcome = EnsemblePointAudit(
+                    i, AuditStatus.UNKNOWN, -1, None, None, outcome.detail, 0.0
+                )
+            point = outcome
             if on_point is not None:
                 on_point(point)
         out.append(point)

@@ -284,6 +284,53 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return _progress_options(f)
 
 
+def _cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--workers, --address and --task-timeout: the work spread over Ray workers."""
+    for option in reversed(
+        [
+            click.option(
+                "--workers",
+                type=click.IntRange(min=1),
+                default=None,
+                help="run the work on N Ray workers (a local Ray, or N tasks at a time on "
+                "--address); needs verispec[cluster]",
+            ),
+            click.option(
+                "--address",
+                default=None,
+                help="the address of a running Ray cluster to use (e.g. ray://head:10001)",
+            ),
+            click.option(
+                "--task-timeout",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                help="with --workers/--address: seconds a task (a chunk of points, an "
+                "instance) may run before it is cancelled and recorded as failed",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+@contextlib.contextmanager
+def _executor(
+    workers: int | None, address: str | None, task_timeout: float | None, device: str | None
+) -> Iterator[Any]:
+    """None (this process) without --workers and --address, else a Ray executor (one GPU per
+    task when the device is CUDA)."""
+    if workers is None and address is None:
+        if task_timeout is not None:
+            raise click.UsageError("--task-timeout goes with --workers or --address")
+        yield None
+        return
+    from verispec.cluster import ray_cluster
+
+    gpus = 1.0 if device is not None and device.startswith("cuda") else 0.0
+    with ray_cluster(workers, address, task_timeout, gpus) as executor:
+        yield executor
+
+
 @contextlib.contextmanager
 def _progress_bar(
     total: int, label: str, mode: bool | None, unit: str = "pt"
@@ -431,6 +478,7 @@ exact engines milp and smt: the solver's timeout per goal)."""
     "--limit", type=click.IntRange(min=1), default=None, help="check only the first N points"
 )
 @_run_options
+@_cluster_options
 @click.option(
     "--seed",
     type=click.IntRange(min=0),
@@ -467,18 +515,23 @@ def check(
     device: str | None,
     plot_path: str | None,
     debug: bool,
+    workers: int | None = None,
+    address: str | None = None,
+    task_timeout: float | None = None,
 ) -> None:
     """Check every property of the spec file SPEC and print a table per property.
 
     A property may name its own model and engine in the file; --engine overrides every
     engine, and properties that engine does not support are skipped with the reason. A
     property that fails (an engine that does not support it, bad options) is reported as an
-    error naming it; the others still run.
+    error naming it; the others still run. With --workers or --address the points run on
+    Ray workers, with the same results in the same order.
     """
 
     def run() -> int:
         from verispec.api import check as vcheck
         from verispec.errors import UnsupportedError
+        from verispec.executor import is_task_failure
         from verispec.results import CSV_COLUMNS, CheckResult
         from verispec.specfile import load_specfile
 
@@ -503,7 +556,9 @@ def check(
         log, state = _open_log(jsonl_path, resume, "check", sf.path, options)
         engines: dict[tuple[str, int], Any] = {}
         reports, failed, skipped = [], [], []
+        cluster = contextlib.ExitStack()
         try:
+            executor = cluster.enter_context(_executor(workers, address, task_timeout, device))
             for prop in sf.properties:
                 try:
                     on_ensemble = prop.network is None and ensemble is not None
@@ -521,7 +576,8 @@ def check(
 
                     def record(i: int, result: Any, name: str = prop.name) -> None:
                         if log is not None:
-                            log.point(name, i, result.to_dict())
+                            lost = is_task_failure(result.detail)
+                            log.point(name, i, result.to_dict(), failed=lost)
 
                     with _progress_bar(total, prop.name, progress) as tick:
                         report = vcheck(
@@ -536,6 +592,7 @@ def check(
                             points=chosen,
                             done=done,
                             on_result=record,
+                            executor=executor,
                         )
                 except UnsupportedError as err:
                     if engine_name is None:
@@ -558,6 +615,7 @@ def check(
                 reports.append(report)
                 click.echo(report_table(report, ensemble if on_ensemble else None) + "\n")
         finally:
+            cluster.close()
             if log is not None:
                 log.close()
         payload = {
@@ -800,6 +858,7 @@ def _audit_rows(name: str, indices: Sequence[int], report: Any) -> list[dict[str
     help="solver seconds per point",
 )
 @_run_options
+@_cluster_options
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def audit(
     spec: str,
@@ -814,6 +873,9 @@ def audit(
     resume: bool,
     progress: bool | None,
     debug: bool,
+    workers: int | None = None,
+    address: str | None = None,
+    task_timeout: float | None = None,
 ) -> None:
     """Audit an engine against an exact solver on every property of SPEC.
 
@@ -832,6 +894,7 @@ def audit(
         )
         from verispec.ensembles import Ensemble, EnsembleAudit
         from verispec.errors import DataError, SpecFileError, UnsupportedError
+        from verispec.executor import is_task_failure
         from verispec.selfcorrect import SelfCorrecting
         from verispec.solvers.base import SolverConfig, solver_class
         from verispec.specfile import load_specfile
@@ -867,14 +930,19 @@ def audit(
         failed: list[tuple[str, str]] = []
         skipped: list[tuple[str, str]] = []
         rows: list[dict[str, Any]] = []
+        cluster = contextlib.ExitStack()
         try:
+            executor = cluster.enter_context(_executor(workers, address, task_timeout, None))
             for prop in sf.properties:
                 report: Any
                 name = prop.name
 
                 def record(point: Any, name: str = name) -> None:
                     if log is not None:
-                        log.point(name, point.index, point.to_dict())
+                        # an ensemble point carries a detail, a plain one its two results
+                        result = getattr(point, "engine_result", point)
+                        lost = is_task_failure(result.detail)
+                        log.point(name, point.index, point.to_dict(), failed=lost)
 
                 try:
                     model = sf.model_of(prop)
@@ -901,6 +969,7 @@ def audit(
                                 done={i: ensemble_point_from_dict(i, r) for i, r in known.items()},
                                 on_point=record,
                                 progress=tick,
+                                executor=executor,
                             )
                             table = ensemble_audit_table(report)
                         else:
@@ -920,6 +989,7 @@ def audit(
                                 },
                                 on_point=record,
                                 progress=tick,
+                                executor=executor,
                             )
                             table = audit_table(report)
                 except UnsupportedError as err:
@@ -945,6 +1015,7 @@ def audit(
                 rows += _audit_rows(name, indices, report)
                 click.echo(f"{name}\n{table}\n")
         finally:
+            cluster.close()
             if log is not None:
                 log.close()
         payload = {
@@ -1039,6 +1110,7 @@ def audit(
 )
 @click.option("--verbose", is_flag=True, help="print the solver's detail to stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
+@_cluster_options
 @click.pass_context
 def vnnlib(
     ctx: click.Context,
@@ -1057,6 +1129,9 @@ def vnnlib(
     top: str,
     verbose: bool,
     debug: bool,
+    workers: int | None = None,
+    address: str | None = None,
+    task_timeout: float | None = None,
 ) -> None:
     """Decide a VNN-COMP instance: NETWORK (.onnx) with PROP (.vnnlib, the unsafe set).
 
@@ -1064,6 +1139,8 @@ def vnnlib(
     With --instances CSV, decides every instance of a benchmark's instances.csv in one
     process, each within its own timeout, printing one line per instance as it finishes
     (answer, seconds, network, property) and a total; exit 1 if an instance failed.
+    With --workers or --address the instances run on Ray workers, one task each; the lines
+    and the results come in CSV order.
     """
     if instances is not None:
         explicit = ctx.get_parameter_source("timeout") is click.core.ParameterSource.COMMANDLINE
@@ -1078,7 +1155,16 @@ def vnnlib(
                 "--timeout is for one instance; --instances reads each instance's timeout "
                 "from the CSV (scale them with --timeout-scale)"
             )
-        batch = VnnBatch(instances, solver, results, timeout_scale, jsonl_path, resume, progress)
+        batch = VnnBatch(
+            instances,
+            solver,
+            results,
+            timeout_scale,
+            jsonl_path,
+            resume,
+            progress,
+            Cluster(workers, address, task_timeout),
+        )
         sys.exit(_guard(debug, lambda: _vnnlib_batch(batch, verbose)))
     if network is None:
         _fail("give NETWORK PROP (one instance) or --instances CSV (a benchmark's instances)")
@@ -1086,6 +1172,8 @@ def vnnlib(
         _fail(f"PROP is missing: give the VNN-LIB file to decide on {network}")
     if results is not None or timeout_scale is not None or jsonl_path is not None or resume:
         _fail("--results, --timeout-scale, --jsonl and --resume go with --instances CSV")
+    if workers is not None or address is not None or task_timeout is not None:
+        _fail("--workers, --address and --task-timeout go with --instances CSV")
 
     def run() -> None:
         from verispec.api import solve_vnnlib
@@ -1135,6 +1223,16 @@ class VnnBatch:
     jsonl_path: str | None
     resume: bool
     progress: bool | None
+    cluster: Cluster
+
+
+@attrs.frozen
+class Cluster:
+    """--workers, --address and --task-timeout as given (all None: this process)."""
+
+    workers: int | None = None
+    address: str | None = None
+    task_timeout: float | None = None
 
 
 def _vnnlib_batch(batch: VnnBatch, verbose: bool) -> int:
@@ -1144,6 +1242,7 @@ def _vnnlib_batch(batch: VnnBatch, verbose: bool) -> int:
 
     from tqdm import tqdm
 
+    from verispec.executor import is_task_failure
     from verispec.vnnbatch import read_instances, run_instances, summary
 
     _out_paths(results=batch.results, jsonl=batch.jsonl_path)
@@ -1152,8 +1251,12 @@ def _vnnlib_batch(batch: VnnBatch, verbose: bool) -> int:
     options = {"solver": batch.solver, "timeout_scale": scale}
     log, state = _open_log(batch.jsonl_path, batch.resume, "vnnlib", Path(batch.csv_path), options)
     start = time.perf_counter()
+    cluster = batch.cluster
     try:
-        with _progress_bar(total, "instances", batch.progress, "inst") as tick:
+        with (
+            _executor(cluster.workers, cluster.address, cluster.task_timeout, None) as executor,
+            _progress_bar(total, "instances", batch.progress, "inst") as tick,
+        ):
 
             def show(result: Any) -> None:
                 with tqdm.external_write_mode(file=sys.stdout):
@@ -1164,7 +1267,8 @@ def _vnnlib_batch(batch: VnnBatch, verbose: bool) -> int:
 
             def record(index: int, result: Any) -> None:
                 if log is not None:
-                    log.point("instances", index, result.record())
+                    lost = is_task_failure(result.detail)
+                    log.point("instances", index, result.record(), failed=lost)
 
             done = run_instances(
                 batch.csv_path,
@@ -1174,6 +1278,7 @@ def _vnnlib_batch(batch: VnnBatch, verbose: bool) -> int:
                 scale,
                 done=state.done("instances"),
                 on_decided=record,
+                executor=executor,
             )
     finally:
         if log is not None:

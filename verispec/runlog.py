@@ -145,7 +145,7 @@ def read_runlog(path: str | Path) -> RunState:
                     f"{path}: not a verispec run log (its first line is no {RUNLOG_SCHEMA} header)"
                 )
             header = rec
-        elif rec.get("kind") == "point":
+        elif rec.get("kind") == "point" and not rec.get("failed"):
             try:
                 points.setdefault(str(rec["property"]), {})[int(rec["index"])] = rec["record"]
             except (KeyError, TypeError, ValueError):
@@ -194,8 +194,11 @@ class RunLog:
             f.truncate(state.complete_bytes)
         return cls(p, p.open("a", encoding="utf-8")), state
 
-    def point(self, prop: str, index: int, record: Mapping[str, Any]) -> None:
-        self._write({"kind": "point", "property": prop, "index": int(index), "record": record})
+    def point(self, prop: str, index: int, record: Mapping[str, Any], failed: bool = False) -> None:
+        """A decided point; ``failed``: its task could not complete (kept for the record; a
+        resumed run runs it again)."""
+        line = {"kind": "point", "property": prop, "index": int(index), "record": record}
+        self._write({**line, "failed": True} if failed else line)
 
     def error(self, prop: str, message: str) -> None:
         self._write({"kind": "error", "property": prop, "error": message})

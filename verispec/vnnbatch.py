@@ -23,6 +23,7 @@ import attrs
 
 from verispec.api import VnnlibAnswer, decide_vnnlib, parse_vnnlib_within
 from verispec.errors import SpecFileError, VerispecError
+from verispec.executor import LOCAL, Executor, TaskFailure
 from verispec.network import Network
 
 ANSWERS = ("sat", "unsat", "timeout", "unknown", "error")
@@ -245,16 +246,19 @@ def run_instances(
     timeout_scale: float = 1.0,
     done: Mapping[int, Mapping[str, Any]] | None = None,
     on_decided: Callable[[int, InstanceResult], None] | None = None,
+    executor: Executor | None = None,
 ) -> list[InstanceResult]:
-    """Decide every instance of the VNN-COMP ``csv_path`` in order with ``solver``, in this
-    process; each result goes to ``on_result`` and a row of ``results_path`` (a CSV with
-    ``RESULT_COLUMNS``) as soon as it is known. The CSV is read and the results file opened
+    """Decide every instance of the VNN-COMP ``csv_path`` in order with ``solver``; each
+    result goes to ``on_result`` and a row of ``results_path`` (a CSV with ``RESULT_COLUMNS``)
+    as soon as it is known. The CSV is read and the results file opened
     before the first instance runs, so bad paths fail at once.
 
     ``done`` holds run-log records (``InstanceResult.record``) by instance index (0-based,
     in CSV order) of instances decided before: they are not run again, and still go to the
     results file and ``on_result``. ``on_decided(index, result)`` sees each instance this
-    call decides (a run log's writer)."""
+    call decides (a run log's writer). ``executor`` runs the instances (one task each, in
+    this process by default; ``verispec.cluster`` for Ray workers): the results come in CSV
+    order whatever it is, and an instance whose task fails is an ``error`` saying why."""
     from verispec.solvers.base import solver_class
 
     solver_class(solver)  # an unknown solver fails before the run, not once per instance
@@ -274,13 +278,22 @@ def run_instances(
         )
     writer = ResultsWriter(results_path) if results_path is not None else None
     cache = NetworkCache()
+
+    def one(index: int) -> InstanceResult:
+        return solve_instance(instances[index], solver, cache)
+
+    todo = [i for i in range(len(instances)) if i not in prior]
+    outcomes = (executor or LOCAL).map(one, todo)
     results: list[InstanceResult] = []
     try:
         for index, instance in enumerate(instances):
             if index in prior:
                 result = prior[index]
             else:
-                result = solve_instance(instance, solver, cache)
+                outcome = next(outcomes)
+                if isinstance(outcome, TaskFailure):
+                    outcome = InstanceResult(instance, "error", 0.0, outcome.detail)
+                result = outcome
                 if on_decided is not None:
                     on_decided(index, result)
             results.append(result)
