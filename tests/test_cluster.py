@@ -235,3 +235,39 @@ def test_cluster_flags_need_workers_or_instances(tmp_path):
         main, ["vnnlib", str(net), str(tmp_path / "p.vnnlib"), "--workers", "2"]
     )
     assert got.exit_code == 2 and "go with --instances" in got.output
+
+
+AUDIT_SPEC = """model = "{model}"
+
+[data]
+source = "sklearn:digits"
+split = "test"
+domain = [0.0, 1.0]
+
+[engine]
+name = "lipschitz"
+
+[[property]]
+name = "robust-linf-0.01"
+kind = "local_robustness"
+eps = 0.01
+norm = "linf"
+"""
+
+
+def test_audit_on_two_workers_equals_one_process(local_ray, tmp_path):
+    """Each audited point is one task (the engine, then the MILP): the same records."""
+    spec = tmp_path / "audit.toml"
+    spec.write_text(AUDIT_SPEC.format(model=ROOT / "specs/models/digits_mlp.pt"))
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    args = ["audit", str(spec), "--limit", "3", "--timeout", "60"]
+    _run(*args, "--jsonl", str(one))
+    _run(*args, "--jsonl", str(two), "--workers", "2")
+
+    def verdicts(path: Path) -> list[tuple[int, str, str]]:
+        return [
+            (i, r["engine_result"]["verdict"], r["solver_result"]["verdict"])
+            for _, i, r in _points(path)
+        ]
+
+    assert verdicts(two) == verdicts(one) and len(verdicts(one)) == 3

@@ -45,6 +45,7 @@ import torch
 from verispec.errors import ConfigError, DeviceError, SpecError, UnsupportedError
 from verispec.network import Network
 from verispec.options import parse_device
+from verispec.precision import certified_arithmetic
 from verispec.regions import Box, FloatArray, Polytope
 from verispec.registry import Registry
 from verispec.results import BatchResult, CheckResult, Verdict
@@ -142,22 +143,25 @@ class EngineBase(abc.ABC):
         domain: Box | None = None,
     ) -> BatchResult:
         """Check ``spec`` at every point of ``xs`` (n, *input_shape); labels (n,) are recorded.
-        A SafeOrdering spec ignores ``xs`` and ``labels``: exactly one result."""
+        A SafeOrdering spec ignores ``xs`` and ``labels``: exactly one result. The engine runs
+        in IEEE arithmetic (``certified_arithmetic``: no TF32, no Winograd or FFT
+        convolutions), whatever the process's torch flags are."""
         self.supports(network, spec)
-        if isinstance(spec, SafeOrdering):
-            result = self._decide_global(network, spec)
-            if result.engine != self.name:
-                result = attrs.evolve(result, engine=self.name)
-            return BatchResult.from_results([result])
-        points = validate_points(network, xs, domain)
-        checked_labels = validate_labels(network, labels, len(points))
-        if len(points) == 0:
-            batch = BatchResult.empty(self.name)
-        elif isinstance(spec, Affinity):
-            batch = self._decide_affinity(network, spec, points, domain)
-        else:
-            batch = self._decided(network, spec, points, domain)
-        return batch.with_labels(checked_labels)
+        with certified_arithmetic():
+            if isinstance(spec, SafeOrdering):
+                result = self._decide_global(network, spec)
+                if result.engine != self.name:
+                    result = attrs.evolve(result, engine=self.name)
+                return BatchResult.from_results([result])
+            points = validate_points(network, xs, domain)
+            checked_labels = validate_labels(network, labels, len(points))
+            if len(points) == 0:
+                batch = BatchResult.empty(self.name)
+            elif isinstance(spec, Affinity):
+                batch = self._decide_affinity(network, spec, points, domain)
+            else:
+                batch = self._decided(network, spec, points, domain)
+            return batch.with_labels(checked_labels)
 
     def _decided(
         self, network: Network, spec: PointSpec, xs: FloatArray, domain: Box | None

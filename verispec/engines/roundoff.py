@@ -30,18 +30,19 @@ Storing the float64 input in float32 adds u ||x|| + eta sqrt(d) (float64: exact)
 are upper bounds: the float32 norm inflated by its rounding plus a term for squares that
 underflow, or (float64, tiny rows, overflow) float64 norms of power-of-two rescaled rows; each
 is computed once per pass. A constant that overflows the working precision makes the pass
-refuse to run (``UnsupportedError``: use float64). The unit roundoff is that of the
-arithmetic actually used: 2^-24 for float32, 2^-53 for float64, 2^-11 when TF32 matmuls are
-enabled by the user, 2^-8 under float32 matmul precision "medium" (bfloat16); cuDNN's TF32
-convolutions are switched off inside the pass. The analysis assumes sums computed by some
-summation order (direct or GEMM kernels); ``SAFETY`` covers reordered kernels.
+refuse to run (``UnsupportedError``: use float64). The pass runs inside
+``certified_arithmetic`` (``verispec/precision.py``): no TF32 or bfloat16 matmuls and cuDNN
+off, so a CUDA convolution is im2col followed by a GEMM and a CPU one oneDNN's direct
+algorithm, each a sum in some order, which the analysis covers (``SAFETY`` covers reordered kernels). The unit roundoff is read from the
+flags when the pass is built: 2^-24 for float32, 2^-53 for float64, and the looser 2^-11
+(TF32) or 2^-8 (float32 matmul precision "medium") when the user had enabled those, which
+only makes the bound more conservative.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -64,6 +65,7 @@ from verispec.ir import (
     channel_vector,
 )
 from verispec.network import Network
+from verispec.precision import certified_arithmetic
 from verispec.regions import FloatArray
 from verispec.rules import RuleTable
 
@@ -99,22 +101,6 @@ def underflow_unit(dtype: torch.dtype) -> float:
 
 def _max_finite(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).max)
-
-
-@contextmanager
-def _exact_convolutions(device: torch.device) -> Iterator[None]:
-    """Disable cuDNN TF32 inside the pass (a scoped torch context; restores the old flags)."""
-    if device.type != "cuda":
-        yield
-        return
-    cudnn = torch.backends.cudnn
-    with cudnn.flags(
-        enabled=cudnn.enabled,
-        benchmark=cudnn.benchmark,
-        deterministic=cudnn.deterministic,
-        allow_tf32=False,
-    ):
-        yield
 
 
 @attrs.frozen
@@ -341,7 +327,7 @@ class RoundoffForward:
             err = torch.zeros(h.shape[0], dtype=torch.float64, device=self.device)
         else:  # storing x: |h - x| <= u |x| + eta elementwise, and |x| <= (1 + u) |h| + eta
             err = (p.u * (1 + 2 * p.u) * norms(h) + 2 * p.eta * math.sqrt(d)) * (1 + 2.0**-40)
-        with torch.no_grad(), _exact_convolutions(self.device):
+        with torch.no_grad(), certified_arithmetic():
             for layer, model in zip(self.module, self.errors, strict=True):
                 y = layer(h)
                 local = model.local(h, y, norms)

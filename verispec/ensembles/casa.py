@@ -36,7 +36,7 @@ import attrs
 import numpy as np
 import torch
 
-from verispec.engines.base import validate_points
+from verispec.engines.base import resolve_device, validate_points
 from verispec.engines.lipschitz import LipschitzEngine
 from verispec.ensembles.members import Cascade
 from verispec.errors import UnsupportedError
@@ -348,7 +348,7 @@ def cascade_attack(
         predicted = np.asarray(answer.predicted, dtype=np.int64)
     todo = np.flatnonzero(claimed)
     if len(todo) and cascade.num_classes >= 2:
-        device = torch.device(config.device)
+        device = resolve_device(config.device)
         attack = _Attack(
             cascade, spec, domain, config, device, _prepare(cascade, spec, config, device)
         )

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from verispec.data import Dataset
+from verispec.engines.base import resolve_device
 from verispec.engines.lipschitz import LipschitzConfig, LipschitzEngine
 from verispec.errors import UnsupportedError
 from verispec.network import Network
@@ -163,7 +164,7 @@ def train(
 ) -> tuple[nn.Sequential, list[EpochLog]]:
     """Train a model as ``cfg`` says; deterministic on the CPU for a fixed seed."""
     torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)  # CUDA absent: a DeviceError naming it
     input_shape = tuple(int(s) for s in train_data.x.shape[1:])
     if cfg.shift:
         check_shift(cfg.shift, input_shape)
