@@ -33,10 +33,10 @@ is computed once per pass. A constant that overflows the working precision makes
 refuse to run (``UnsupportedError``: use float64). The pass runs inside
 ``certified_arithmetic`` (``verispec/precision.py``): no TF32 or bfloat16 matmuls and cuDNN
 off, so a CUDA convolution is im2col followed by a GEMM and a CPU one oneDNN's direct
-algorithm, each a sum in some order, which the analysis covers (``SAFETY`` covers reordered kernels). The unit roundoff is read from the
-flags when the pass is built: 2^-24 for float32, 2^-53 for float64, and the looser 2^-11
-(TF32) or 2^-8 (float32 matmul precision "medium") when the user had enabled those, which
-only makes the bound more conservative.
+algorithm, each a sum in some order, which the analysis covers (``SAFETY`` covers reordered
+kernels). The unit roundoff is read from the flags when the pass is built: 2^-24 for
+float32, 2^-53 for float64, and the looser 2^-11 (TF32) or 2^-8 (float32 matmul precision
+"medium") when the user had enabled those, which only makes the bound more conservative.
 """
 
 from __future__ import annotations
