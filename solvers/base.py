@@ -63,6 +63,7 @@ from verispec import options
 from verispec.attacks import pgd_attack, sample_attack
 from verispec.errors import ConfigError, UnsupportedError
 from verispec.network import Network
+from verispec.options import resolve_device
 from verispec.properties import Clause, Goal, Property
 from verispec.regions import FloatArray, Polytope
 from verispec.registry import Registry
@@ -164,6 +165,7 @@ class SolverConfig:
     split_leaf_unstable: int = attrs.field(default=10, validator=options.integer(0))
     tolerance: float = attrs.field(default=1e-6, validator=options.number(0.0, 1.0))
     seed: int = attrs.field(default=0, validator=options.seed)
+    device: str = attrs.field(default="cpu", validator=options.device)
 
 
 DEADLINE_SLACK = 0.05
@@ -189,6 +191,7 @@ class ExactSolverBase:
 
     def __init__(self, config: SolverConfig | None = None) -> None:
         self.config = config or SolverConfig()
+        self.device = resolve_device(self.config.device)  # of the torch bounds
         self._lowered: dict[str, PiecewiseLinearNet] = {}
 
     # -- to implement ---------------------------------------------------------------------------
@@ -445,8 +448,9 @@ class ExactSolverBase:
         atoms' linear bounds do not (on ACAS Xu they can be 1e-4 on the dimensions that drive
         the relaxation's looseness, and splitting the others to widths of 1e-10 proved nothing:
         15 of the 186 instances timed out that way)."""
-        tnet = TorchNet.of(net, torch.device("cpu"))
-        sets = Sets.boxes(torch.tensor(lo), torch.tensor(hi))
+        dev = self.device
+        tnet = TorchNet.of(net, dev)
+        sets = Sets.boxes(torch.tensor(lo, device=dev), torch.tensor(hi, device=dev))
         B = lo.shape[0]
         width = hi - lo
         safe = np.zeros(B, dtype=bool)
@@ -464,14 +468,14 @@ class ExactSolverBase:
                 if clause.C.shape[0] == 0:
                     safe[:] = True  # an empty conjunction is true
                     break
-                C = torch.tensor(clause.C).expand(B, *clause.C.shape)
-                d = torch.tensor(clause.d).expand(B, clause.d.size)
+                C = torch.tensor(clause.C, device=dev).expand(B, *clause.C.shape)
+                d = torch.tensor(clause.d, device=dev).expand(B, clause.d.size)
                 lb = linear_lower(tnet, sets, layers, C, d, net.depth - 1)
-                value = np.nan_to_num(lb.value.numpy(), nan=-np.inf)
-                coef = lb.coef.numpy()
+                value = np.nan_to_num(lb.value.cpu().numpy(), nan=-np.inf)
+                coef = lb.coef.cpu().numpy()
                 live = value <= 0
                 safe |= ~live.any(axis=1)
-                slope = gradient_bound(tnet, his, C).numpy()
+                slope = gradient_bound(tnet, his, C).cpu().numpy()
                 score += (slope * width[:, None, :] * live[:, :, None]).sum(axis=1)
                 # The vertex minimising the linear lower bound of the clause's most violable
                 # atom.
@@ -482,7 +486,11 @@ class ExactSolverBase:
                     singles.append((clause, lb))
             if len(singles) > 1 and not safe.all():
                 safe |= _disjunction_holds(tnet, sets, layers, singles, los[-1], his[-1], ~safe)
-        count = np.asarray(unstable, dtype=np.int64) if net.relu else np.zeros(B, np.int64)
+        count = (
+            np.asarray(unstable.cpu(), dtype=np.int64)
+            if isinstance(unstable, torch.Tensor)
+            else np.zeros(B, np.int64)
+        )
         return ~safe, score, np.concatenate(points), count
 
     def _try_points(
@@ -516,7 +524,8 @@ def _disjunction_holds(
     small LP ``max_x-min max_j L_j(x)``, by exponentiated-gradient steps) and the combined atom
     is then bounded by CROWN directly; its rounding (``PAD`` relative to the terms at the
     logits' bounds ``y_lo``, ``y_hi``) is subtracted."""
-    rows = torch.as_tensor(np.flatnonzero(todo))
+    dev = sets.lo.device
+    rows = torch.as_tensor(np.flatnonzero(todo), device=dev)
     coef = torch.stack([lb.coef[rows, 0] for _, lb in singles], dim=1)  # (b, m, d)
     const = torch.stack([lb.const[rows, 0] for _, lb in singles], dim=1)  # (b, m)
     lo, hi = sets.lo[rows], sets.hi[rows]
@@ -538,16 +547,16 @@ def _disjunction_holds(
     if hopeful.numel() == 0:
         return out
     owner, lam = rows[hopeful], best_lam[hopeful]
-    C = torch.tensor(np.stack([c.C[0] for c, _ in singles]))  # (m, n_L)
-    d = torch.tensor(np.array([c.d[0] for c, _ in singles]))
+    C = torch.tensor(np.stack([c.C[0] for c, _ in singles]), device=dev)  # (m, n_L)
+    d = torch.tensor(np.array([c.d[0] for c, _ in singles]), device=dev)
     combined_C, combined_d = lam @ C, lam @ d
     ymag = torch.maximum(y_lo[owner].abs(), y_hi[owner].abs())
     rounding = PAD * (((lam @ C.abs()) * ymag).sum(1) + lam @ d.abs())
     lb = linear_lower(
         net, sets, layers, combined_C[:, None, :], combined_d[:, None], net.depth - 1, owner=owner
     )
-    proved = (lb.value[:, 0] - rounding > 0).numpy()
-    out[owner.numpy()[proved]] = True
+    proved = (lb.value[:, 0] - rounding > 0).cpu().numpy()
+    out[owner.cpu().numpy()[proved]] = True
     return out
 
 

@@ -29,7 +29,6 @@ from verispec.solvers.base import SolverConfig
 import verispec as vs
 from verispec.cli import main
 from verispec.data import Dataset, load_data
-from verispec.engines.base import resolve_device
 from verispec.engines.lipschitz import LipschitzConfig
 from verispec.engines.projections import ProjectionsConfig
 from verispec.engines.smoothing import SmoothingConfig
@@ -47,6 +46,7 @@ from verispec.errors import (
 from verispec.ir import Dense
 from verispec.modelfile import load_model, save_model
 from verispec.network import Network
+from verispec.options import resolve_device
 from verispec.specfile import load_specfile
 from verispec.vnnlib import MAX_NESTING, parse_vnnlib
 

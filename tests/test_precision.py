@@ -17,28 +17,34 @@ from verispec.precision import arithmetic_flags, certified_arithmetic
 from verispec.regions import Norm
 from verispec.specs import LocalRobustness
 
-PINNED = {
-    "float32_matmul_precision": "highest",
-    "cuda_matmul_allow_tf32": False,
-    "cudnn_enabled": False,
-    "cudnn_allow_tf32": False,
-}
+
+def _pinned(flags: dict) -> bool:
+    """IEEE matmuls, every fp32 precision flag "ieee" (torch >= 2.9) and cuDNN off."""
+    precisions = [v for k, v in flags.items() if k.startswith("fp32_precision")]
+    legacy = [flags.get("cuda_matmul_allow_tf32", False), flags.get("cudnn_allow_tf32", False)]
+    return (
+        flags["float32_matmuls"] == "ieee"
+        and not flags["cudnn_enabled"]
+        and all(v == "ieee" for v in precisions)
+        and not any(legacy)
+    )
 
 
 @pytest.fixture
 def user_allows_tf32():
-    """The user's process asks for TF32 and reduced-precision matmuls."""
-    before = arithmetic_flags()
-    torch.set_float32_matmul_precision("high")
+    """The user's process asks for TF32 matmuls and convolutions, with the legacy flags (as
+    most training scripts do)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
     yield arithmetic_flags()
-    torch.set_float32_matmul_precision(str(before["float32_matmul_precision"]))
-    torch.backends.cuda.matmul.allow_tf32 = bool(before["cuda_matmul_allow_tf32"])
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def test_the_flags_are_pinned_inside_and_restored_after(user_allows_tf32):
+    assert user_allows_tf32["float32_matmuls"] == "tf32"
     with certified_arithmetic():
-        assert arithmetic_flags() == PINNED
+        assert _pinned(arithmetic_flags())
     assert arithmetic_flags() == user_allows_tf32
     with pytest.raises(RuntimeError), certified_arithmetic():
         raise RuntimeError("a failing pass")
@@ -57,7 +63,7 @@ def test_every_engine_check_runs_in_certified_arithmetic(user_allows_tf32, monke
     net = load_network(ROOT / "specs/models/digits_mlp.pt")
     xs = np.random.default_rng(0).uniform(0, 1, (4, *net.input_shape))
     LipschitzEngine().check(net, LocalRobustness(eps=0.3, norm=Norm.L2), xs)
-    assert seen == [PINNED]
+    assert len(seen) == 1 and _pinned(seen[0])
     assert arithmetic_flags() == user_allows_tf32
 
 

@@ -537,7 +537,7 @@ def check(
 
         _out_paths(json=json_path, csv=csv_path, jsonl=jsonl_path, plot=plot_path)
         if device is not None:
-            from verispec.engines.base import resolve_device
+            from verispec.options import resolve_device
 
             resolve_device(device)  # a bad --device is bad input (exit 2), not a failed property
         sf = load_specfile(spec, limit=limit)
@@ -1470,7 +1470,7 @@ def train(**opts: Any) -> None:
         import attrs
 
         from verispec.data import Split, load_data
-        from verispec.engines.base import resolve_device
+        from verispec.options import resolve_device
         from verispec.regions import Norm
         from verispec.specfile import ensemble_spec_text
         from verispec.train import (

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import torch
 
-from verispec.errors import ConfigError
+from verispec.errors import ConfigError, DeviceError
 
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
@@ -89,6 +89,29 @@ def parse_device(device: str) -> torch.device:
         raise ConfigError(f"unknown device {device!r}: use {DEVICE_CHOICES}") from None
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device {device!r} is not supported: use {DEVICE_CHOICES}")
+    return dev
+
+
+def resolve_device(device: str) -> torch.device:
+    """A torch device from a user string, available on this machine: an unknown name, or a GPU
+    that is absent, raises ``DeviceError`` naming the device and the valid choices."""
+    try:
+        dev = parse_device(device)
+    except ConfigError as err:
+        raise DeviceError(str(err)) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {device!r} requested but CUDA is not available here: use cpu"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(
+                f"device {device!r}: this machine has {count} CUDA device(s), "
+                f"cuda:0..cuda:{count - 1}"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {device!r} requested but MPS is not available here: use cpu")
     return dev
 
 

@@ -24,39 +24,115 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
+
+KNOBS = (
+    "",
+    "cuda.matmul",
+    "cudnn",
+    "cudnn.conv",
+    "cudnn.rnn",
+    "mkldnn",
+    "mkldnn.matmul",
+    "mkldnn.conv",
+    "mkldnn.rnn",
+)
+"""The owners of torch's ``fp32_precision`` flags (torch >= 2.9), under ``torch.backends``
+("" is the global one). Older torch has only the legacy flags (``allow_tf32``,
+``set_float32_matmul_precision``); torch 2.9+ raises when code *reads* a legacy flag after the
+two APIs were mixed, so where the new one exists only it is used."""
+
+
+def _owner(path: str) -> Any:
+    owner: Any = torch.backends
+    for part in filter(None, path.split(".")):
+        owner = getattr(owner, part, None)
+    return owner
+
+
+def _knobs() -> dict[str, Any]:
+    """The new-API flag owners this torch has, by path (empty on torch < 2.9)."""
+    out = {}
+    for path in KNOBS:
+        owner = _owner(path)
+        try:
+            _ = owner.fp32_precision
+        except (AttributeError, RuntimeError):
+            continue
+        out[path] = owner
+    return out
+
+
+def float32_matmul_arithmetic() -> str:
+    """What float32 matmuls may use now: "ieee", "tf32" or "bf16" (the least precise allowed
+    by any flag; an unreadable mix of the legacy and new flags counts as "bf16")."""
+    knobs = _knobs()
+    if knobs:
+        values = {
+            str(knobs[p].fp32_precision) for p in ("", "cuda.matmul", "mkldnn.matmul") if p in knobs
+        }
+    else:
+        try:
+            legacy = torch.get_float32_matmul_precision()
+            tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
+        except RuntimeError:
+            return "bf16"
+        values = {"bf16" if legacy == "medium" else "tf32" if legacy == "high" or tf32 else "ieee"}
+    for worst in ("bf16", "tf32"):
+        if worst in values:
+            return worst
+    return "ieee"
 
 
 @contextmanager
 def certified_arithmetic() -> Iterator[None]:
     """IEEE float32 / float64 matmuls and GEMM-based convolutions inside the block."""
-    backends = torch.backends
-    saved = (
+    cudnn = torch.backends.cudnn
+    knobs = _knobs()
+    saved_cudnn = cudnn.enabled
+    if knobs:
+        saved = {path: owner.fp32_precision for path, owner in knobs.items()}
+        try:
+            for owner in knobs.values():
+                owner.fp32_precision = "ieee"
+            cudnn.enabled = False
+            yield
+        finally:
+            cudnn.enabled = saved_cudnn
+            for path, owner in knobs.items():
+                owner.fp32_precision = saved[path]
+        return
+    legacy = (
         torch.get_float32_matmul_precision(),
-        backends.cuda.matmul.allow_tf32,
-        backends.cudnn.enabled,
-        backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+        cudnn.allow_tf32,
     )
     try:
         torch.set_float32_matmul_precision("highest")
-        backends.cuda.matmul.allow_tf32 = False
-        backends.cudnn.enabled = False
-        backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        cudnn.allow_tf32 = False
+        cudnn.enabled = False
         yield
     finally:
-        torch.set_float32_matmul_precision(saved[0])
-        backends.cuda.matmul.allow_tf32 = saved[1]
-        backends.cudnn.enabled = saved[2]
-        backends.cudnn.allow_tf32 = saved[3]
+        cudnn.enabled = saved_cudnn
+        torch.set_float32_matmul_precision(legacy[0])
+        torch.backends.cuda.matmul.allow_tf32 = legacy[1]
+        cudnn.allow_tf32 = legacy[2]
 
 
 def arithmetic_flags() -> dict[str, object]:
     """The flags ``certified_arithmetic`` pins, as they are now (for tests and reports)."""
-    backends = torch.backends
-    return {
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "cuda_matmul_allow_tf32": backends.cuda.matmul.allow_tf32,
-        "cudnn_enabled": backends.cudnn.enabled,
-        "cudnn_allow_tf32": backends.cudnn.allow_tf32,
-    }
+    flags: dict[str, object] = {"cudnn_enabled": torch.backends.cudnn.enabled}
+    knobs = _knobs()
+    if knobs:
+        flags.update(
+            {f"fp32_precision[{p or 'global'}]": o.fp32_precision for p, o in knobs.items()}
+        )
+    else:
+        flags["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+        flags["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+        flags["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+    flags["float32_matmuls"] = float32_matmul_arithmetic()
+    return flags

@@ -40,11 +40,9 @@ from typing import Any, ClassVar, Protocol, Self, final
 
 import attrs
 import numpy as np
-import torch
 
-from verispec.errors import ConfigError, DeviceError, SpecError, UnsupportedError
+from verispec.errors import SpecError, UnsupportedError
 from verispec.network import Network
-from verispec.options import parse_device
 from verispec.precision import certified_arithmetic
 from verispec.regions import Box, FloatArray, Polytope
 from verispec.registry import Registry
@@ -361,26 +359,3 @@ def batches(n: int, size: int) -> Iterator[slice]:
         raise ValueError(f"batch size must be >= 1, got {size}")
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
-
-
-def resolve_device(device: str) -> torch.device:
-    """A torch device from a user string, available on this machine: an unknown name, or a GPU
-    that is absent, raises ``DeviceError`` naming the device and the valid choices."""
-    try:
-        dev = parse_device(device)
-    except ConfigError as err:
-        raise DeviceError(str(err)) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {device!r} requested but CUDA is not available here: use cpu"
-            )
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise DeviceError(
-                f"device {device!r}: this machine has {count} CUDA device(s), "
-                f"cuda:0..cuda:{count - 1}"
-            )
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError(f"device {device!r} requested but MPS is not available here: use cpu")
-    return dev

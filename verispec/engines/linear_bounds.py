@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from verispec import options
-from verispec.engines.base import EngineBase, batches, register_engine, resolve_device
+from verispec.engines.base import EngineBase, batches, register_engine
 from verispec.errors import UnsupportedError
 from verispec.network import Network
+from verispec.options import resolve_device
 from verispec.properties import Goal
 from verispec.regions import Box, FloatArray, Polytope
 from verispec.results import BatchResult, CheckResult, Verdict

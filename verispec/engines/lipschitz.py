@@ -27,7 +27,7 @@ import torch
 
 from verispec import options
 from verispec.attacks import first_counterexample, sample_attack
-from verispec.engines.base import EngineBase, batches, register_engine, resolve_device
+from verispec.engines.base import EngineBase, batches, register_engine
 from verispec.engines.lipschitz_bounds import (
     LipschitzBounds,
     layer_bounds,
@@ -37,6 +37,7 @@ from verispec.engines.lipschitz_bounds import (
 from verispec.engines.roundoff import RoundoffForward, check_representable
 from verispec.errors import ConfigError, UnsupportedError
 from verispec.network import Dense, Network
+from verispec.options import resolve_device
 from verispec.regions import Box, FloatArray, Norm
 from verispec.results import BatchResult, CheckResult, Verdict
 from verispec.specs import Affinity, LocalRobustness, PointSpec, RelaxedTopK, SafeOrdering, Spec

@@ -63,9 +63,10 @@ from numpy.typing import NDArray
 
 from verispec import options
 from verispec.attacks import pgd_attack
-from verispec.engines.base import EngineBase, register_engine, resolve_device
+from verispec.engines.base import EngineBase, register_engine
 from verispec.errors import UnsupportedError
 from verispec.network import Network
+from verispec.options import resolve_device
 from verispec.properties import Goal
 from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
 from verispec.results import BatchResult, CheckResult, GuaranteeKind, Verdict

@@ -34,9 +34,9 @@ refuse to run (``UnsupportedError``: use float64). The pass runs inside
 ``certified_arithmetic`` (``verispec/precision.py``): no TF32 or bfloat16 matmuls and cuDNN
 off, so a CUDA convolution is im2col followed by a GEMM and a CPU one oneDNN's direct
 algorithm, each a sum in some order, which the analysis covers (``SAFETY`` covers reordered
-kernels). The unit roundoff is read from the flags when the pass is built: 2^-24 for
-float32, 2^-53 for float64, and the looser 2^-11 (TF32) or 2^-8 (float32 matmul precision
-"medium") when the user had enabled those, which only makes the bound more conservative.
+kernels). The unit roundoff is that of the arithmetic in force inside it: 2^-24 for float32,
+2^-53 for float64 (``unit_roundoff`` reads the flags: 2^-11 where TF32, 2^-8 where bfloat16
+matmuls are allowed).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from verispec.ir import (
     channel_vector,
 )
 from verispec.network import Network
-from verispec.precision import certified_arithmetic
+from verispec.precision import certified_arithmetic, float32_matmul_arithmetic
 from verispec.regions import FloatArray
 from verispec.rules import RuleTable
 
@@ -84,12 +84,7 @@ def unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
         return 2.0**-53
     if dtype != torch.float32:
         raise ValueError(f"certifying forward passes run in float32 or float64, not {dtype}")
-    precision = torch.get_float32_matmul_precision()
-    if precision == "medium":
-        return 2.0**-8  # bfloat16 products may be used
-    if precision == "high" or (device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32):
-        return 2.0**-11  # TF32 products may be used
-    return 2.0**-24
+    return {"bf16": 2.0**-8, "tf32": 2.0**-11, "ieee": 2.0**-24}[float32_matmul_arithmetic()]
 
 
 def underflow_unit(dtype: torch.dtype) -> float:
@@ -280,7 +275,8 @@ class RoundoffForward:
                 )
         self.module = network.module(dtype, device)
         self.dtype, self.device = dtype, device
-        self.precision = Precision(unit_roundoff(dtype, device), underflow_unit(dtype))
+        with certified_arithmetic():  # the arithmetic every pass runs in
+            self.precision = Precision(unit_roundoff(dtype, device), underflow_unit(dtype))
         self.errors = layer_errors(network, lips, self.precision)
         self.input_shape = network.input_shape
 

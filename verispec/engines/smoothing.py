@@ -45,9 +45,10 @@ import torch
 from scipy import stats
 
 from verispec import options
-from verispec.engines.base import EngineBase, register_engine, resolve_device
+from verispec.engines.base import EngineBase, register_engine
 from verispec.errors import SpecError, UnsupportedError
 from verispec.network import Network
+from verispec.options import resolve_device
 from verispec.regions import Box, FloatArray, Norm
 from verispec.results import BatchResult, GuaranteeKind, Verdict
 from verispec.specs import LocalRobustness, PointSpec, Spec

@@ -36,10 +36,11 @@ import attrs
 import numpy as np
 import torch
 
-from verispec.engines.base import resolve_device, validate_points
+from verispec.engines.base import validate_points
 from verispec.engines.lipschitz import LipschitzEngine
 from verispec.ensembles.members import Cascade
 from verispec.errors import UnsupportedError
+from verispec.options import resolve_device
 from verispec.regions import Ball, Box, FloatArray, Norm
 from verispec.specs import LocalRobustness
 

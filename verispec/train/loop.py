@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from verispec.data import Dataset
-from verispec.engines.base import resolve_device
 from verispec.engines.lipschitz import LipschitzConfig, LipschitzEngine
 from verispec.errors import UnsupportedError
 from verispec.network import Network
+from verispec.options import resolve_device
 from verispec.regions import Norm
 from verispec.results import Verdict
 from verispec.specs import LocalRobustness
