@@ -99,6 +99,8 @@ def test_every_engine_runs_on_cuda_and_agrees_with_the_cpu(name):
 
 @pytest.mark.parametrize("spec", sorted(p.name for p in (ROOT / "specs").glob("*.toml")))
 def test_the_shipped_spec_files_run_on_cuda(spec):
+    if "milp" in (ROOT / "specs" / spec).read_text():
+        pytest.importorskip("highspy")  # the device machine may lack the CPU solvers
     got = CliRunner().invoke(
         main, ["check", str(ROOT / "specs" / spec), "--device", DEVICE, "--limit", "10"]
     )
