@@ -14,7 +14,7 @@ import verispec.network as vn
 from tests.soundness import BATCHNORM, linear_radius, reference_forward
 from verispec.layers import GroupSort, MinMax
 from verispec.network import Network
-from verispec.properties import Clause, Predicate
+from verispec.properties import Clause, Predicate, Property
 from verispec.regions import Ball, Box, FloatArray, Norm, Polytope
 from verispec.specs import Affinity, LocalRobustness, RelaxedTopK, SafeOrdering
 
@@ -792,3 +792,22 @@ def hard_safe_orderings(draw: st.DrawFn, network: Network) -> SafeOrdering:
         st.one_of(st.none(), st.sets(st.integers(0, classes - 1), min_size=1, max_size=classes - 1))
     )
     return SafeOrdering(pre, draw(orderings(classes)), predicted)
+
+
+@st.composite
+def disjunction_properties(draw: st.DrawFn) -> tuple[Network, Property]:
+    """A small ReLU net on 1-3 inputs and a box, with 2-3 one-atom clauses (a disjunction,
+    as VNN-LIB's "not the maximal score" specs compile to) whose offsets put each atom's zero
+    inside the range of its values on the box: near-tight disjunctions, where the input branch
+    and bound's combined-atom proof (solvers/base.py, ``_disjunction_holds``) is needed."""
+    net = draw(small_networks(min_inputs=1, max_inputs=3, activations=("relu",)))
+    n_in, m = net.input_shape[0], net.num_classes
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    centre = rng.uniform(0.2, 0.8, n_in)
+    box = Box(centre - rng.uniform(0.05, 0.3, n_in), centre + rng.uniform(0.05, 0.3, n_in))
+    C = rng.standard_normal((draw(st.integers(2, 3)), m))
+    y = net.forward64(rng.uniform(box.lo, box.hi, (400, n_in)))
+    d = -np.quantile(y @ C.T, rng.uniform(0.2, 0.7), axis=0)
+    return net, Property(
+        box, Predicate(tuple(Clause(c[None], [b]) for c, b in zip(C, d, strict=True)))
+    )

@@ -17,7 +17,7 @@ from verispec.data import Dataset
 from verispec.engines.base import Engine, EngineBase, engine_class
 from verispec.ensembles import AuditStatus, Ensemble, EnsembleAudit, EnsemblePointAudit
 from verispec.errors import DataError, SpecError, UnsupportedError
-from verispec.executor import LOCAL, Executor, TaskFailure
+from verispec.executor import Executor, TaskFailure, in_order
 from verispec.modelfile import load_network
 from verispec.network import Network
 from verispec.regions import Box, FloatArray
@@ -260,25 +260,26 @@ def _decide_chunks(
     """Every index's result, chunk by chunk (known chunks from ``done``), and the seconds the
     known results took when they were decided."""
     known = done or {}
+    chunks = [tuple(int(i) for i in indices[lo : lo + size]) for lo in range(0, len(indices), size)]
+    old: dict[tuple[int, ...], Sequence[CheckResult]] = {
+        c: BatchResult.from_results([known[i] for i in c], engine)
+        for c in chunks
+        if all(i in known for i in c)
+    }
+    prior = sum(known[i].time_s for c in old for i in c)
     parts: list[Sequence[CheckResult]] = []
-    prior = 0.0
-    chunks = [[int(i) for i in indices[lo : lo + size]] for lo in range(0, len(indices), size)]
-    todo = [np.asarray(c, dtype=np.int64) for c in chunks if not all(i in known for i in c)]
-    outcomes = (executor or LOCAL).map(decide, todo)
-    for idx in chunks:
-        if all(i in known for i in idx):
-            parts.append(BatchResult.from_results([known[i] for i in idx], engine))
-            prior += sum(known[i].time_s for i in idx)
-        else:
-            outcome = next(outcomes)
-            part = (
-                _failed(len(idx), engine, outcome) if isinstance(outcome, TaskFailure) else outcome
-            )
-            if on_result is not None:
-                for i, result in zip(idx, part, strict=True):
-                    if i not in known:
-                        on_result(i, result)
-            parts.append(part)
+    for idx, part, new in in_order(
+        executor,
+        lambda c: decide(np.asarray(c, dtype=np.int64)),
+        chunks,
+        old,
+        lambda c, why: _failed(len(c), engine, why),
+    ):
+        if new and on_result is not None:
+            for i, result in zip(idx, part, strict=True):
+                if i not in known:
+                    on_result(i, result)
+        parts.append(part)
         if progress is not None:
             progress(len(idx))
     return _joined(parts, engine), prior
@@ -439,20 +440,14 @@ def audit_points(
             rep.solver_time_s,
         )
 
-    outcomes = (executor or LOCAL).map(one, [i for i in indices if i not in known])
+    def failed(i: int, why: TaskFailure) -> AuditPoint:
+        result = CheckResult(Verdict.UNKNOWN, engine.name, detail=why.detail)
+        return AuditPoint(i, result, attrs.evolve(result, engine=solver.name), (), 0.0, 0.0)
+
     out: list[AuditPoint] = []
-    for i in indices:
-        if i in known:
-            point = known[i]
-        else:
-            outcome = next(outcomes)
-            if isinstance(outcome, TaskFailure):
-                failed = CheckResult(Verdict.UNKNOWN, engine.name, detail=outcome.detail)
-                unknown = attrs.evolve(failed, engine=solver.name)
-                outcome = AuditPoint(i, failed, unknown, (), 0.0, 0.0)
-            point = outcome
-            if on_point is not None:
-                on_point(point)
+    for _, point, new in in_order(executor, one, indices, known, failed):
+        if new and on_point is not None:
+            on_point(point)
         out.append(point)
         if progress is not None:
             progress(1)
@@ -508,21 +503,14 @@ def audit_ensemble_points(
         rep = audit_ensemble(ensemble, spec, xs[i : i + 1], domain, timeout)
         return attrs.evolve(rep.points[0], index=i)
 
-    outcomes = (executor or LOCAL).map(one, [i for i in indices if i not in known])
+    def failed(i: int, why: TaskFailure) -> EnsemblePointAudit:
+        # no answer is known: its task did not complete (-1, as the detail says)
+        return EnsemblePointAudit(i, AuditStatus.UNKNOWN, -1, None, None, why.detail, 0.0)
+
     out: list[EnsemblePointAudit] = []
-    for i in indices:
-        if i in known:
-            point = known[i]
-        else:
-            outcome = next(outcomes)
-            if isinstance(outcome, TaskFailure):
-                # no answer is known: its task did not complete (-1, as the detail says)
-                outcome = EnsemblePointAudit(
-                    i, AuditStatus.UNKNOWN, -1, None, None, outcome.detail, 0.0
-                )
-            point = outcome
-            if on_point is not None:
-                on_point(point)
+    for _, point, new in in_order(executor, one, indices, known, failed):
+        if new and on_point is not None:
+            on_point(point)
         out.append(point)
         if progress is not None:
             progress(1)

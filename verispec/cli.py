@@ -313,21 +313,28 @@ def _cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+@attrs.frozen
+class Cluster:
+    """--workers, --address and --task-timeout as given (all None: this process)."""
+
+    workers: int | None = None
+    address: str | None = None
+    task_timeout: float | None = None
+
+
 @contextlib.contextmanager
-def _executor(
-    workers: int | None, address: str | None, task_timeout: float | None, device: str | None
-) -> Iterator[Any]:
+def _executor(cluster: Cluster, device: str | None) -> Iterator[Any]:
     """None (this process) without --workers and --address, else a Ray executor (one GPU per
     task when the device is CUDA)."""
-    if workers is None and address is None:
-        if task_timeout is not None:
+    if cluster.workers is None and cluster.address is None:
+        if cluster.task_timeout is not None:
             raise click.UsageError("--task-timeout goes with --workers or --address")
         yield None
         return
     from verispec.cluster import ray_cluster
 
     gpus = 1.0 if device is not None and device.startswith("cuda") else 0.0
-    with ray_cluster(workers, address, task_timeout, gpus) as executor:
+    with ray_cluster(cluster.workers, cluster.address, cluster.task_timeout, gpus) as executor:
         yield executor
 
 
@@ -556,9 +563,10 @@ def check(
         log, state = _open_log(jsonl_path, resume, "check", sf.path, options)
         engines: dict[tuple[str, int], Any] = {}
         reports, failed, skipped = [], [], []
-        cluster = contextlib.ExitStack()
+        stack = contextlib.ExitStack()
         try:
-            executor = cluster.enter_context(_executor(workers, address, task_timeout, device))
+            cluster = Cluster(workers, address, task_timeout)
+            executor = stack.enter_context(_executor(cluster, device))
             for prop in sf.properties:
                 try:
                     on_ensemble = prop.network is None and ensemble is not None
@@ -615,7 +623,7 @@ def check(
                 reports.append(report)
                 click.echo(report_table(report, ensemble if on_ensemble else None) + "\n")
         finally:
-            cluster.close()
+            stack.close()
             if log is not None:
                 log.close()
         payload = {
@@ -930,9 +938,10 @@ def audit(
         failed: list[tuple[str, str]] = []
         skipped: list[tuple[str, str]] = []
         rows: list[dict[str, Any]] = []
-        cluster = contextlib.ExitStack()
+        stack = contextlib.ExitStack()
         try:
-            executor = cluster.enter_context(_executor(workers, address, task_timeout, None))
+            cluster = Cluster(workers, address, task_timeout)
+            executor = stack.enter_context(_executor(cluster, None))
             for prop in sf.properties:
                 report: Any
                 name = prop.name
@@ -1015,7 +1024,7 @@ def audit(
                 rows += _audit_rows(name, indices, report)
                 click.echo(f"{name}\n{table}\n")
         finally:
-            cluster.close()
+            stack.close()
             if log is not None:
                 log.close()
         payload = {
@@ -1226,15 +1235,6 @@ class VnnBatch:
     cluster: Cluster
 
 
-@attrs.frozen
-class Cluster:
-    """--workers, --address and --task-timeout as given (all None: this process)."""
-
-    workers: int | None = None
-    address: str | None = None
-    task_timeout: float | None = None
-
-
 def _vnnlib_batch(batch: VnnBatch, verbose: bool) -> int:
     """``vnnlib --instances``: the run's lines on stdout, the exit status (1 if an instance
     answered error)."""
@@ -1251,10 +1251,9 @@ def _vnnlib_batch(batch: VnnBatch, verbose: bool) -> int:
     options = {"solver": batch.solver, "timeout_scale": scale}
     log, state = _open_log(batch.jsonl_path, batch.resume, "vnnlib", Path(batch.csv_path), options)
     start = time.perf_counter()
-    cluster = batch.cluster
     try:
         with (
-            _executor(cluster.workers, cluster.address, cluster.task_timeout, None) as executor,
+            _executor(batch.cluster, None) as executor,
             _progress_bar(total, "instances", batch.progress, "inst") as tick,
         ):
 

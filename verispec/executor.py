@@ -12,13 +12,14 @@ nothing is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 import attrs
 
 T = TypeVar("T")
 R = TypeVar("R")
+K = TypeVar("K", bound=Hashable)
 
 TASK_FAILED = "task failed"
 """The start of the detail of every result recorded for a task that could not complete."""
@@ -60,3 +61,22 @@ class LocalExecutor:
 
 
 LOCAL = LocalExecutor()
+
+
+def in_order(
+    executor: Executor | None,
+    fn: Callable[[K], R],
+    tasks: Sequence[K],
+    known: Mapping[K, R],
+    failed: Callable[[K, TaskFailure], R],
+) -> Iterator[tuple[K, R, bool]]:
+    """``(task, result, new)`` for every task in order: the ``known`` result (a resumed run),
+    else ``fn(task)`` run by ``executor`` (this process by default), or ``failed(task, why)``
+    for a task it could not complete. Only the tasks not known are run."""
+    outcomes = (executor or LOCAL).map(fn, [t for t in tasks if t not in known])
+    for task in tasks:
+        if task in known:
+            yield task, known[task], False
+        else:
+            outcome = next(outcomes)
+            yield task, failed(task, outcome) if isinstance(outcome, TaskFailure) else outcome, True

@@ -23,7 +23,7 @@ import attrs
 
 from verispec.api import VnnlibAnswer, decide_vnnlib, parse_vnnlib_within
 from verispec.errors import SpecFileError, VerispecError
-from verispec.executor import LOCAL, Executor, TaskFailure
+from verispec.executor import Executor, TaskFailure, in_order
 from verispec.network import Network
 
 ANSWERS = ("sat", "unsat", "timeout", "unknown", "error")
@@ -282,20 +282,15 @@ def run_instances(
     def one(index: int) -> InstanceResult:
         return solve_instance(instances[index], solver, cache)
 
-    todo = [i for i in range(len(instances)) if i not in prior]
-    outcomes = (executor or LOCAL).map(one, todo)
+    def failed(index: int, why: TaskFailure) -> InstanceResult:
+        return InstanceResult(instances[index], "error", 0.0, why.detail)
+
     results: list[InstanceResult] = []
     try:
-        for index, instance in enumerate(instances):
-            if index in prior:
-                result = prior[index]
-            else:
-                outcome = next(outcomes)
-                if isinstance(outcome, TaskFailure):
-                    outcome = InstanceResult(instance, "error", 0.0, outcome.detail)
-                result = outcome
-                if on_decided is not None:
-                    on_decided(index, result)
+        tasks = list(range(len(instances)))
+        for index, result, new in in_order(executor, one, tasks, prior, failed):
+            if new and on_decided is not None:
+                on_decided(index, result)
             results.append(result)
             if writer is not None:
                 writer.add(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from verispec.attacks import pgd_attack
+from verispec.exact_forward import exact_logits
 from verispec.network import Network
 from verispec.properties import Goal, Property
 from verispec.regions import Ball, Box, Norm, Polytope
@@ -55,13 +56,20 @@ def holds_on_samples(network: Network, prop: Property, n: int = 2000, seed: int 
     return pgd_attack(network, prop, rng, restarts=8) is None
 
 
+def _exact_counterexample(network: Network, prop: Property, w: np.ndarray) -> bool:
+    """Whether ``w`` lies in the region and violates the predicate in exact arithmetic (a
+    witness at a near-tie can violate it exactly while float64 rounds it the other way)."""
+    return prop.region.contains(w) and prop.predicate.exact_slack(exact_logits(network, w)) <= 0
+
+
 def assert_confirmed(network: Network, prop: Property, result: CheckResult) -> None:
-    """A FALSIFIED witness re-checks in float64; a CERTIFIED answer survives dense sampling
-    and PGD."""
+    """A FALSIFIED witness re-checks in float64, or at a near-tie in exact arithmetic; a
+    CERTIFIED answer survives dense sampling and PGD."""
     if result.verdict is Verdict.FALSIFIED:
         w = result.counterexample
         assert w is not None and w.shape == network.input_shape
-        assert prop.is_counterexample(w, network.forward64(w[None])[0]), result.detail
+        float64 = prop.is_counterexample(w, network.forward64(w[None])[0])
+        assert float64 or _exact_counterexample(network, prop, w), result.detail
     elif result.verdict is Verdict.CERTIFIED:
         assert holds_on_samples(network, prop), f"certified, yet sampling refutes: {result}"
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from verispec.solvers.base import SolverConfig
 from verispec.solvers.milp import MilpSolver
 
-from tests.solvers.helpers import assert_confirmed, sample_region
-from tests.strategies import small_networks
+from tests.solvers.helpers import assert_confirmed
+from tests.strategies import disjunction_properties
 from verispec.network import Dense, Network, ReLU
 from verispec.properties import Clause, Predicate, Property
 from verispec.regions import Box
@@ -57,25 +56,8 @@ def test_a_false_disjunction_stays_open_and_is_falsified():
     assert_confirmed(net, prop, res)
 
 
-@st.composite
-def _disjunctions(draw: st.DrawFn) -> tuple[Network, Property]:
-    """A small net on 1-3 inputs and a box, with 2-3 one-atom clauses whose offsets put each
-    atom's zero inside the range of its sampled values (near-tight disjunctions)."""
-    net = draw(small_networks(min_inputs=1, max_inputs=3, activations=("relu",)))
-    n_in, m = net.input_shape[0], net.num_classes
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    centre = rng.uniform(0.2, 0.8, n_in)
-    box = Box(centre - rng.uniform(0.05, 0.3, n_in), centre + rng.uniform(0.05, 0.3, n_in))
-    C = rng.standard_normal((draw(st.integers(2, 3)), m))
-    y = net.forward64(sample_region(box, 400, rng))
-    d = -np.quantile(y @ C.T, rng.uniform(0.2, 0.7), axis=0)
-    return net, Property(
-        box, Predicate(tuple(Clause(c[None], [b]) for c, b in zip(C, d, strict=True)))
-    )
-
-
 @settings(deadline=None)
-@given(_disjunctions())
+@given(disjunction_properties())
 def test_branching_on_disjunctions_agrees_with_the_search_without_splitting(problem):
     net, prop = problem
     split = MilpSolver(SolverConfig(falsify=False, split_leaf_unstable=2)).solve(net, prop)
